@@ -1,0 +1,27 @@
+"""olive-systems: optimize Hugging Face, PyTorch and ONNX models for ONNX Runtime from a recipe.
+
+Imports are lazy so that `olive-systems --help` and a fully cached run stay fast.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "run": ("olive_systems.api", "run"),
+    "WorkflowOutput": ("olive_systems.output", "WorkflowOutput"),
+    "DeviceOutput": ("olive_systems.output", "DeviceOutput"),
+    "ModelOutput": ("olive_systems.output", "ModelOutput"),
+    "OliveSystemsError": ("olive_systems.errors", "OliveSystemsError"),
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'olive_systems' has no attribute '{name}'")

@@ -1,0 +1,222 @@
+"""The engine: runs each pass flow through the cache, evaluates every candidate, ranks and writes.
+
+Every pass run and every evaluation is keyed by a full sha256 of what determines its result, so a
+re-run of the same recipe computes nothing and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import data as data_mod
+from .cache import LocalCache, make_key
+from .errors import OliveSystemsError, PassError
+from .models import ModelRef, folder_sha256
+from .output import WorkflowOutput
+from .output_dir import check_output_dir, write_output_dir
+from .passes import get_pass_class
+from .passes.base import Accelerator, PassContext
+from .ranking import goals_of, rank
+from .systems import make_system
+
+EVALUATION_PACKAGES = ("onnxruntime", "torch", "transformers", "olive-systems")
+
+
+def package_versions(names) -> dict:
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+class Engine:
+    def __init__(self, recipe: dict, on_event: Callable[[dict], None] | None = None):
+        self.recipe = recipe
+        self.engine = recipe["engine"]
+        self.on_event = on_event or (lambda event: None)
+        self.cache = LocalCache(Path(self.engine["cache_dir"]), warn=lambda msg: self.emit("warning", msg))
+        self.systems = {name: make_system(cfg) for name, cfg in recipe["systems"].items()}
+        evaluator = self.engine.get("evaluator")
+        self.metrics = recipe["evaluators"][evaluator]["metrics"] if evaluator else []
+        self.steps: list[dict] = []
+        self._memo: dict[str, tuple[ModelRef, bool]] = {}
+        self._data_cache: dict = {}
+
+    def emit(self, kind: str, name: str, **fields) -> None:
+        self.on_event({"kind": kind, "name": name, **fields})
+
+    # ---- the run ----
+
+    def run(self) -> WorkflowOutput:
+        check_output_dir(Path(self.engine["output_dir"]).resolve())
+        if self.engine["clean_cache"]:
+            self.cache.clear()
+        input_model = self._input_model()
+        target = self.recipe["systems"][self.engine["target"]]
+        accelerators = [Accelerator(acc["device"], ep) for acc in target.get("accelerators", [{"device": "cpu"}])
+                        for ep in acc.get("execution_providers", ["CPUExecutionProvider"])]
+        candidates, failures, input_metrics = [], [], None
+        for accelerator in accelerators:
+            reference = None
+            if self.metrics and self.engine["evaluate_input_model"]:
+                input_metrics, reference, _ = self._evaluate("input model", input_model, accelerator, None)
+            for flow in self.recipe["pass_flows"]:
+                flow_id = "-".join(flow) + (f"_{accelerator.short}" if len(accelerators) > 1 else "")
+                try:
+                    model, history = self._run_flow(flow, input_model, accelerator)
+                    metrics = self._evaluate(flow_id, model, accelerator, reference)[0] if self.metrics else {}
+                except OliveSystemsError as exc:
+                    failures.append({"model_id": flow_id, "error": exc.message, "fix": exc.fix,
+                                     "device": accelerator.device, "execution_provider": accelerator.execution_provider})
+                    self.emit("failed", flow_id, error=str(exc))
+                    continue
+                candidates.append({"model_id": flow_id, "model": model, "history": history, "metrics": metrics,
+                                   "device": accelerator.device, "execution_provider": accelerator.execution_provider})
+        ranked = rank(candidates, goals_of(self.metrics), input_metrics)
+        output_dir = Path(self.engine["output_dir"]).resolve()
+        summary = {"input_model_metrics": input_metrics, "failures": failures, "steps": self.steps}
+        return write_output_dir(output_dir, ranked, summary)
+
+    def _input_model(self) -> ModelRef:
+        spec = self.recipe["input_model"]
+        path = Path(spec["model_path"])
+        folder = path if path.is_dir() else path.parent
+        # The model script and io config shape the export, so they are part of the model's identity.
+        extra = json.dumps({k: spec.get(k) for k in ("io_config", "dummy_inputs_func", "task")}, sort_keys=True).encode()
+        if spec.get("model_script"):
+            extra += Path(spec["model_script"]).read_bytes()
+        model = ModelRef(
+            type=spec["type"], path=str(folder), hash="", task=spec.get("task"), model_script=spec.get("model_script"),
+            io_config=spec.get("io_config"), dummy_inputs_func=spec.get("dummy_inputs_func"),
+            inference_settings=spec.get("inference_settings"),
+        )
+        if spec["type"] == "OnnxModel" and path.is_file() and path.name != "model.onnx":
+            raise OliveSystemsError(f"input_model.model_path: ONNX model files must be named model.onnx ({path.name})",
+                                    "point model_path at the folder holding model.onnx, or rename the file")
+        model.hash = folder_sha256(folder, extra)
+        return model
+
+    def _run_flow(self, flow: list[str], model: ModelRef, accelerator: Accelerator) -> tuple[ModelRef, list[dict]]:
+        history, parent_id = [], f"input_model-{model.hash[:8]}"
+        for index, pass_name in enumerate(flow):
+            entry = self.recipe["passes"][pass_name]
+            model, key, cached, seconds = self._run_pass(pass_name, entry, model, accelerator)
+            model_id = f"{index}_{entry['type']}-{key[:8]}"
+            history.append({"model_id": model_id, "parent_model_id": parent_id, "pass": pass_name, "type": entry["type"],
+                            "config": get_pass_class(entry["type"]).resolve_config(entry.get("config")),
+                            "key": key, "cached": cached, "seconds": seconds})
+            parent_id = model_id
+        return model, history
+
+    def _run_pass(self, pass_name: str, entry: dict, model: ModelRef, accelerator: Accelerator):
+        pass_cls = get_pass_class(entry["type"])
+        config = pass_cls.resolve_config(entry.get("config"))
+        if model.type not in pass_cls.input_types:
+            raise PassError(f"pass '{pass_name}' ({entry['type']}) takes {'/'.join(pass_cls.input_types)}, got {model.type}",
+                            "order pass_flows so a conversion comes first")
+        key = make_key({
+            "kind": "pass",
+            "input": model.hash,
+            "inference_settings": model.inference_settings,
+            "type": entry["type"],
+            "config": config,
+            "data": {name: data_mod.fingerprint(self.recipe["data_configs"][name])
+                     for name in [config.get("data_config")] if name},
+            "accelerator": accelerator.to_dict() if pass_cls.accelerator_dependent else None,
+            "versions": package_versions((*pass_cls.depends_on, "olive-systems")),
+        })
+        if key in self._memo:
+            result, cached = self._memo[key]
+            return result, key, cached, 0.0
+        started = time.perf_counter()
+        hit = self.cache.get("runs", key)
+        cached = hit is not None
+        if not cached:
+            self.emit("start", pass_name, step="pass")
+            system = self.systems[entry.get("host") or self.engine["host"]]
+            ctx = PassContext(accelerator=accelerator, load_data=self._load_data,
+                              log=lambda message: self.emit("log", pass_name, message=message))
+
+            def build(folder: Path) -> dict:
+                out = system.run_pass(pass_cls, model, config, folder / "model", ctx)
+                return {"model": out.relocated("model").to_dict(), "pass": pass_name, "type": entry["type"],
+                        "seconds": round(time.perf_counter() - started, 3)}
+
+            hit = self._guarded(f"pass '{pass_name}'", lambda: self.cache.put("runs", key, build))
+        result = ModelRef.from_dict(hit.meta["model"])
+        result = result.relocated(hit.path / result.path)
+        seconds = round(time.perf_counter() - started, 3)
+        self._memo[key] = (result, cached)
+        self.steps.append({"step": "pass", "name": pass_name, "key": key, "cached": cached, "seconds": seconds})
+        self.emit("cached" if cached else "done", pass_name, step="pass", seconds=seconds)
+        return result, key, cached, seconds
+
+    @staticmethod
+    def _guarded(what: str, work: Callable):
+        """Turn an unexpected library error into a PassError so the run records it and goes on."""
+        try:
+            return work()
+        except OliveSystemsError:
+            raise
+        except Exception as exc:
+            detail = str(exc).splitlines()[0] if str(exc) else ""
+            raise PassError(f"{what} failed: {type(exc).__name__}: {detail}", "run with --verbose for the traceback") from exc
+
+    def _load_data(self, name: str, model: ModelRef):
+        """Pre-processed batches of a data config for a model (memoized: tokenizing is not free)."""
+        key = (name, model.path)
+        if key not in self._data_cache:
+            input_names = None
+            if model.type == "OnnxModel":
+                import onnx
+
+                graph = onnx.load(str(model.onnx_path), load_external_data=False).graph
+                input_names = [i.name for i in graph.input]
+            self._data_cache[key] = data_mod.load_batches(self.recipe["data_configs"][name], Path(model.path), input_names)
+        return self._data_cache[key]
+
+    def _evaluate(self, label: str, model: ModelRef, accelerator: Accelerator, reference: dict | None):
+        """Returns (metrics, reference artifacts, cached)."""
+        used = sorted({m["data_config"] for m in self.metrics if m.get("data_config")})
+        key = make_key({
+            "kind": "evaluation",
+            "model": model.hash,
+            "model_type": model.type,
+            "inference_settings": model.inference_settings,
+            "metrics": self.metrics,
+            "data": {name: data_mod.fingerprint(self.recipe["data_configs"][name]) for name in used},
+            "accelerator": accelerator.to_dict(),
+            "reference": reference.get("__key__") if reference else None,
+            "versions": package_versions(EVALUATION_PACKAGES),
+        })
+        started = time.perf_counter()
+        hit = self.cache.get("evaluations", key)
+        cached = hit is not None
+        if not cached:
+            self.emit("start", label, step="evaluation")
+            system = self.systems[self.engine["target"]]
+
+            def build(folder: Path) -> dict:
+                metrics, artifacts = system.evaluate(model, self.metrics, self.recipe["data_configs"],
+                                                     accelerator.execution_provider, reference)
+                np.savez(folder / "artifacts.npz", **artifacts)
+                return {"metrics": metrics, "model": label}
+
+            hit = self._guarded(f"evaluation of {label}", lambda: self.cache.put("evaluations", key, build))
+        with np.load(hit.path / "artifacts.npz") as stored:
+            artifacts = {name: stored[name] for name in stored.files}
+        artifacts["__key__"] = key
+        seconds = round(time.perf_counter() - started, 3)
+        self.steps.append({"step": "evaluation", "name": label, "key": key, "cached": cached, "seconds": seconds})
+        self.emit("cached" if cached else "done", label, step="evaluation", seconds=seconds,
+                  metrics={k: v["value"] for k, v in hit.meta["metrics"].items()})
+        return hit.meta["metrics"], artifacts, cached

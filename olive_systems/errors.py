@@ -1,0 +1,25 @@
+"""One error type a user sees: it names the cause and the fix, and the CLI prints it as one line."""
+
+
+class OliveSystemsError(Exception):
+    """A problem the user can act on. `fix` says what to do about it."""
+
+    def __init__(self, message: str, fix: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.fix = fix
+
+    def __str__(self) -> str:
+        return f"{self.message} (fix: {self.fix})" if self.fix else self.message
+
+
+class RecipeError(OliveSystemsError):
+    """The recipe is malformed or refers to something that does not exist."""
+
+
+class PassError(OliveSystemsError):
+    """A pass failed on a model; the engine records it and carries on with the other flows."""
+
+
+class CacheError(OliveSystemsError):
+    """A cache entry is corrupt or unreadable; it is never used."""

@@ -1,0 +1,94 @@
+"""ONNX Runtime sessions built from a model's inference settings, refusing silent EP fallback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import OliveSystemsError
+
+EXECUTION_MODES = {"ORT_SEQUENTIAL": 0, "ORT_PARALLEL": 1}
+GRAPH_OPT_LEVELS = {0: "ORT_DISABLE_ALL", 1: "ORT_ENABLE_BASIC", 2: "ORT_ENABLE_EXTENDED", 99: "ORT_ENABLE_ALL"}
+
+
+def default_inference_settings(execution_provider: str) -> dict:
+    return {"execution_provider": [[execution_provider, {}]], "session_options": {}}
+
+
+def session_options(settings: dict):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    values = (settings or {}).get("session_options", {})
+    if "intra_op_num_threads" in values:
+        options.intra_op_num_threads = int(values["intra_op_num_threads"])
+    if "inter_op_num_threads" in values:
+        options.inter_op_num_threads = int(values["inter_op_num_threads"])
+    if "execution_mode" in values:
+        options.execution_mode = ort.ExecutionMode(int(values["execution_mode"]))
+    if "graph_optimization_level" in values:
+        level = GRAPH_OPT_LEVELS[int(values["graph_optimization_level"])]
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    for key, value in (values.get("extra_session_config") or {}).items():
+        options.add_session_config_entry(key, str(value))
+    options.log_severity_level = 3
+    return options
+
+
+def create_session(model_path: Path, settings: dict | None, execution_provider: str):
+    """A session on the requested EP. ONNX Runtime falls back to CPU silently; we make it an error."""
+    import onnxruntime as ort
+
+    settings = settings or default_inference_settings(execution_provider)
+    available = ort.get_available_providers()
+    if execution_provider not in available:
+        raise OliveSystemsError(
+            f"execution provider {execution_provider} is not in this onnxruntime build (has {available})",
+            "install the onnxruntime package for that EP or run in its docker image",
+        )
+    providers = [(execution_provider, dict(_provider_options(settings, execution_provider)))]
+    session = ort.InferenceSession(str(model_path), sess_options=session_options(settings), providers=providers)
+    used = session.get_providers()
+    if not used or used[0] != execution_provider:
+        raise OliveSystemsError(
+            f"session asked for {execution_provider} but runs on {used}",
+            "check the EP's libraries (CUDA, OpenVINO) are installed and visible",
+        )
+    return session
+
+
+def _provider_options(settings: dict, execution_provider: str) -> dict:
+    for entry in settings.get("execution_provider", []):
+        if isinstance(entry, (list, tuple)) and entry[0] == execution_provider and len(entry) > 1:
+            return entry[1] or {}
+    return {}
+
+
+def dummy_feed(session, batch_size: int = 1, sequence_length: int = 128) -> dict:
+    """Inputs of the session's declared types; symbolic dims become batch then sequence length."""
+    import numpy as np
+
+    dtypes = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
+              "tensor(float16)": np.float16, "tensor(bool)": np.bool_}
+    feed = {}
+    for arg in session.get_inputs():
+        symbolic = iter([batch_size, sequence_length])
+        shape = [dim if isinstance(dim, int) else next(symbolic, 1) for dim in arg.shape]
+        dtype = dtypes.get(arg.type, np.float32)
+        feed[arg.name] = np.ones(shape, dtype=dtype) if "mask" in arg.name else np.zeros(shape, dtype=dtype)
+    return feed
+
+
+def measure_latency(run_once, warmup_num: int, repeat_num: int, sleep_s: float = 0.0) -> list[float]:
+    """Seconds per call of run_once() after warm-up: the one timing loop that every latency uses."""
+    import time
+
+    for _ in range(warmup_num):
+        run_once()
+    times = []
+    for _ in range(repeat_num):
+        start = time.perf_counter()
+        run_once()
+        times.append(time.perf_counter() - start)
+        if sleep_s:
+            time.sleep(sleep_s)
+    return times

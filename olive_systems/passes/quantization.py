@@ -1,0 +1,126 @@
+"""Dynamic and static INT8 quantization with onnxruntime.quantization."""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+
+from ..errors import PassError
+from ..models import ModelRef, copy_side_files, folder_sha256
+from .base import Pass, PassContext
+
+_COMMON = {
+    "weight_type": {"enum": ["QInt8", "QUInt8"], "default": "QInt8"},
+    "per_channel": {"type": "boolean", "default": False},
+    "reduce_range": {"type": "boolean", "default": False},
+    "op_types_to_quantize": {"type": ["array", "null"], "items": {"type": "string"}, "default": None},
+    "nodes_to_exclude": {"type": "array", "items": {"type": "string"}, "default": [],
+                         "description": "node names or glob patterns kept in float"},
+    "op_types_to_exclude": {"type": "array", "items": {"type": "string"}, "default": [],
+                            "description": "operator types whose nodes stay in float"},
+    "extra_options": {"type": "object", "default": {}},
+}
+
+
+class _Quantization(Pass):
+    depends_on = ("onnxruntime", "onnx")
+
+    def run(self, model: ModelRef, config: dict, out_dir: Path, ctx: PassContext) -> ModelRef:
+        import onnx
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        extra = dict(config["extra_options"])
+        # A fused model's shape inference leaves some weights untyped ("Unable to find data type for
+        # weight_name=..."); declaring float as the default tensor type lets the quantizer go on.
+        extra.setdefault("DefaultTensorType", onnx.TensorProto.FLOAT)
+        kwargs = dict(
+            model_input=str(model.onnx_path),
+            model_output=str(out_dir / "model.onnx"),
+            per_channel=config["per_channel"],
+            reduce_range=config["reduce_range"],
+            weight_type=_quant_type(config["weight_type"]),
+            op_types_to_quantize=config["op_types_to_quantize"],
+            nodes_to_exclude=_excluded_nodes(onnx.load(str(model.onnx_path), load_external_data=False), config),
+            extra_options=extra,
+        )
+        try:
+            self.quantize(model, config, kwargs, ctx)
+        except PassError:
+            raise
+        except Exception as exc:
+            raise PassError(f"{type(self).__name__} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                            "keep the failing nodes in float with nodes_to_exclude / op_types_to_exclude") from exc
+        copy_side_files(Path(model.path), out_dir)
+        return model.relocated(out_dir, hash=folder_sha256(out_dir),
+                               attributes={**model.attributes, "quantization": type(self).__name__})
+
+    def quantize(self, model: ModelRef, config: dict, kwargs: dict, ctx: PassContext) -> None:
+        raise NotImplementedError
+
+
+class OnnxDynamicQuantization(_Quantization):
+    description = "INT8 weights, activations quantized at run time (no calibration data needed)."
+    config_schema = dict(_COMMON)
+
+    def quantize(self, model, config, kwargs, ctx):
+        from onnxruntime.quantization import quantize_dynamic
+
+        quantize_dynamic(**kwargs)
+
+
+class OnnxStaticQuantization(_Quantization):
+    description = "INT8 weights and activations with ranges calibrated on a data config."
+    required_config = ("data_config",)
+    config_schema = {
+        **_COMMON,
+        "data_config": {"type": "string", "description": "name of a data_configs entry for calibration"},
+        "max_calibration_samples": {"type": ["integer", "null"], "minimum": 1, "default": None},
+        "quant_format": {"enum": ["QDQ", "QOperator"], "default": "QDQ"},
+        "activation_type": {"enum": ["QInt8", "QUInt8"], "default": "QUInt8"},
+        "calibrate_method": {"enum": ["MinMax", "Entropy", "Percentile", "Distribution"], "default": "MinMax"},
+    }
+
+    def quantize(self, model, config, kwargs, ctx):
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+        batches = ctx.load_data(config["data_config"], model)
+        limit = config["max_calibration_samples"]
+        inputs = batches.inputs[:limit] if limit else batches.inputs
+        quantize_static(
+            calibration_data_reader=_Reader(inputs),
+            quant_format=getattr(QuantFormat, config["quant_format"]),
+            activation_type=_quant_type(config["activation_type"]),
+            calibrate_method=getattr(CalibrationMethod, config["calibrate_method"]),
+            **kwargs,
+        )
+
+
+class _Reader:
+    """CalibrationDataReader over pre-processed batches (duck-typed: get_next and rewind)."""
+
+    def __init__(self, inputs: list[dict]):
+        self.inputs, self.index = inputs, 0
+
+    def get_next(self):
+        if self.index >= len(self.inputs):
+            return None
+        self.index += 1
+        return self.inputs[self.index - 1]
+
+    def rewind(self):
+        self.index = 0
+
+
+def _quant_type(name: str):
+    from onnxruntime.quantization import QuantType
+
+    return getattr(QuantType, name)
+
+
+def _excluded_nodes(onnx_model, config: dict) -> list[str]:
+    patterns, op_types = config["nodes_to_exclude"], set(config["op_types_to_exclude"])
+    return [
+        node.name
+        for node in onnx_model.graph.node
+        if node.op_type in op_types or any(fnmatch.fnmatchcase(node.name, pattern) for pattern in patterns)
+    ]

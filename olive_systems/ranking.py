@@ -1,0 +1,44 @@
+"""Rank candidates by metric priority (1 first, then 2, ...); those that meet every goal rank first."""
+
+from __future__ import annotations
+
+from .evaluation.metrics import higher_is_better, meets_goal
+
+
+def goals_of(metrics_config: list[dict]) -> dict:
+    """metric key -> (goal, higher_is_better) for every sub-type that declares a goal."""
+    return {
+        f"{metric['name']}-{sub['name']}": (sub["goal"], higher_is_better(metric, sub))
+        for metric in metrics_config
+        for sub in metric["sub_types"]
+        if "goal" in sub
+    }
+
+
+def missed_goals(metrics: dict, goals: dict, baseline: dict | None) -> list[str]:
+    missed = []
+    for key, (goal, higher) in goals.items():
+        if key not in metrics:
+            continue
+        base = (baseline or {}).get(key, {}).get("value")
+        if not meets_goal(goal, metrics[key]["value"], base, higher):
+            missed.append(f"{key} {metrics[key]['value']:.4g} misses {goal['type']} {goal['value']}")
+    return missed
+
+
+def sort_key(metrics: dict, missed: list) -> tuple:
+    ranked = sorted((entry["priority"], key) for key, entry in metrics.items() if entry.get("priority", -1) > 0)
+    values = tuple(-metrics[key]["value"] if metrics[key]["higher_is_better"] else metrics[key]["value"]
+                   for _, key in ranked)
+    return (bool(missed), values)
+
+
+def rank(candidates: list[dict], goals: dict, baseline: dict | None) -> list[dict]:
+    """Sets rank, meets_goals and missed_goals on each candidate dict; returns them in rank order."""
+    for candidate in candidates:
+        candidate["missed_goals"] = missed_goals(candidate["metrics"], goals, baseline)
+        candidate["meets_goals"] = not candidate["missed_goals"]
+    ordered = sorted(candidates, key=lambda c: sort_key(c["metrics"], c["missed_goals"]))
+    for position, candidate in enumerate(ordered, start=1):
+        candidate["rank"] = position
+    return ordered

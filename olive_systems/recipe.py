@@ -1,0 +1,270 @@
+"""Recipes: YAML or JSON -> a validated, normalized dict, with errors that name file, path and fix.
+
+The JSON Schema is built from code (the pass registry contributes each pass's config schema) and
+published as schemas/recipe.schema.json, so an editor can complete a recipe.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+from pathlib import Path
+
+from .data import DATA_CONFIG_SCHEMA
+from .errors import RecipeError
+from .evaluation.metrics import METRIC_SCHEMA
+from .resources import RESOURCE_SCHEMA, resolve_resource
+
+DEVICES = ["cpu", "gpu", "npu"]
+DEFAULT_SYSTEM = {"type": "LocalSystem", "accelerators": [{"device": "cpu", "execution_providers": ["CPUExecutionProvider"]}]}
+
+
+def recipe_schema() -> dict:
+    from .passes import get_pass_class, pass_types
+
+    pass_entry = {
+        "type": "object",
+        "properties": {
+            "type": {"enum": pass_types()},
+            "config": {"type": "object"},
+            "host": {"type": "string", "description": "system the pass runs on (default: engine.host)"},
+        },
+        "required": ["type"],
+        "additionalProperties": False,
+        "allOf": [
+            {"if": {"properties": {"type": {"const": name}}, "required": ["type"]},
+             "then": {"properties": {"config": get_pass_class(name).full_schema()}}}
+            for name in pass_types()
+        ],
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://olive-systems.dev/schemas/recipe.schema.json",
+        "title": "olive-systems recipe",
+        "type": "object",
+        "properties": {
+            "$schema": {"type": "string"},
+            "description": {"type": "string"},
+            "input_model": {
+                "type": "object",
+                "properties": {
+                    "type": {"enum": ["HfModel", "OnnxModel"]},
+                    "model_path": RESOURCE_SCHEMA,
+                    "task": {"type": "string", "default": "feature-extraction"},
+                    "model_script": {"type": "string"},
+                    "io_config": {"type": ["object", "string"], "description": "dict, or a function in model_script"},
+                    "dummy_inputs_func": {"type": "string"},
+                    "inference_settings": {"type": "object"},
+                },
+                "required": ["type", "model_path"],
+                "additionalProperties": False,
+            },
+            "data_configs": {"type": "array", "items": DATA_CONFIG_SCHEMA},
+            "systems": {
+                "type": "object",
+                "additionalProperties": {
+                    "type": "object",
+                    "properties": {
+                        "type": {"enum": ["LocalSystem"]},
+                        "accelerators": {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "device": {"enum": DEVICES},
+                                    "execution_providers": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                                },
+                                "required": ["device"],
+                                "additionalProperties": False,
+                            },
+                        },
+                    },
+                    "required": ["type"],
+                    "additionalProperties": False,
+                },
+            },
+            "evaluators": {
+                "type": "object",
+                "additionalProperties": {
+                    "type": "object",
+                    "properties": {"metrics": {"type": "array", "items": METRIC_SCHEMA, "minItems": 1}},
+                    "required": ["metrics"],
+                    "additionalProperties": False,
+                },
+            },
+            "passes": {"type": "object", "minProperties": 1, "additionalProperties": pass_entry},
+            "pass_flows": {
+                "type": "array",
+                "items": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                "description": "each list of pass names gives one candidate; default: all passes in order",
+            },
+            "engine": {
+                "type": "object",
+                "properties": {
+                    "cache_dir": {"type": "string", "default": ".olive-cache"},
+                    "output_dir": {"type": "string", "default": "outputs"},
+                    "evaluator": {"type": "string"},
+                    "host": {"type": "string"},
+                    "target": {"type": "string"},
+                    "clean_cache": {"type": "boolean", "default": False},
+                    "evaluate_input_model": {"type": "boolean", "default": True},
+                    "log_severity_level": {"type": "integer", "minimum": 0, "maximum": 4, "default": 1},
+                },
+                "additionalProperties": False,
+            },
+        },
+        "required": ["input_model", "passes"],
+        "additionalProperties": False,
+    }
+
+
+def load_recipe(source, base_dir: Path | None = None) -> dict:
+    """Read, validate and normalize a recipe from a path or a dict. Raises RecipeError."""
+    if isinstance(source, dict):
+        name, raw, base = "recipe", copy.deepcopy(source), Path(base_dir or Path.cwd())
+    else:
+        path = Path(source)
+        name, base = path.name, path.resolve().parent
+        if not path.is_file():
+            raise RecipeError(f"recipe '{source}' not found", "give the path of a .yaml or .json recipe")
+        raw = _parse(path)
+    _validate(raw, name)
+    recipe = _normalize(raw, base, name)
+    _check_references(recipe, name)
+    return recipe
+
+
+def _parse(path: Path) -> dict:
+    import yaml
+
+    text = path.read_text()
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise RecipeError(f"{path.name}: line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}",
+                          "fix the JSON syntax there") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RecipeError(f"{path.name}: {where}invalid YAML: {problem}", "fix the YAML syntax there") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path.name}: a recipe must be a mapping at the top level",
+                          "start with input_model:, passes: ...")
+    return data
+
+
+def _path_text(parts) -> str:
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def _did_you_mean(word, choices) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _validate(raw: dict, name: str) -> None:
+    from jsonschema import Draft202012Validator
+
+    messages = []
+    for error in Draft202012Validator(recipe_schema()).iter_errors(raw):
+        if error.validator in ("if", "allOf"):  # the nested errors carry the useful path
+            continue
+        where = _path_text(error.absolute_path)
+        if error.validator == "additionalProperties" and error.schema.get("additionalProperties") is False:
+            known = list(error.schema.get("properties", {}))
+            for key in sorted(set(error.instance) - set(known)):
+                messages.append(f"{name}: {where}: unknown key '{key}'{_did_you_mean(key, known)}")
+            continue
+        if error.validator == "enum":
+            messages.append(f"{name}: {where}: {error.message}{_did_you_mean(error.instance, error.validator_value)}")
+        else:
+            messages.append(f"{name}: {where}: {error.message}")
+    if messages:
+        unique = list(dict.fromkeys(messages))
+        raise RecipeError("\n".join(unique[:10]), "correct the recipe at the path shown; schemas/recipe.schema.json lists every key")
+
+
+def _normalize(raw: dict, base: Path, name: str) -> dict:
+    recipe = copy.deepcopy(raw)
+    recipe["name"] = name
+    recipe["base_dir"] = str(base)
+    model = recipe["input_model"]
+    model.setdefault("task", "feature-extraction")
+    model["model_path"] = str(resolve_resource(model["model_path"], base, f"{name}: input_model.model_path"))
+    if model.get("model_script"):
+        model["model_script"] = str(resolve_resource(model["model_script"], base, f"{name}: input_model.model_script"))
+    data_configs = {}
+    for index, dc in enumerate(recipe.get("data_configs", [])):
+        where = f"{name}: data_configs[{index}]"
+        load = dc["load_dataset_config"]
+        files = load.get("data_files")
+        if files is not None:
+            listed = [files] if isinstance(files, str) else files
+            load["data_files"] = [str(resolve_resource(f, base, f"{where}.load_dataset_config.data_files")) for f in listed]
+        for key in ("user_script", "tokenizer"):
+            if dc.get(key):
+                dc[key] = str(resolve_resource(dc[key], base, f"{where}.{key}"))
+        if dc["name"] in data_configs:
+            raise RecipeError(f"{where}: data config name '{dc['name']}' is used twice", "give each data config its own name")
+        data_configs[dc["name"]] = dc
+    recipe["data_configs"] = data_configs
+    for evaluator_name, evaluator in recipe.get("evaluators", {}).items():
+        for index, metric in enumerate(evaluator["metrics"]):
+            script = metric.get("user_config", {}).get("user_script")
+            if script:
+                metric["user_config"]["user_script"] = str(
+                    resolve_resource(script, base, f"{name}: evaluators.{evaluator_name}.metrics[{index}].user_config.user_script"))
+    recipe.setdefault("systems", {"local_system": copy.deepcopy(DEFAULT_SYSTEM)})
+    recipe.setdefault("evaluators", {})
+    recipe.setdefault("pass_flows", [list(recipe["passes"])])
+    engine = recipe.setdefault("engine", {})
+    engine.setdefault("host", next(iter(recipe["systems"])))
+    engine.setdefault("target", engine["host"])
+    if "evaluator" not in engine and len(recipe["evaluators"]) == 1:
+        engine["evaluator"] = next(iter(recipe["evaluators"]))
+    for key, prop in recipe_schema()["properties"]["engine"]["properties"].items():
+        if "default" in prop:
+            engine.setdefault(key, prop["default"])
+    return recipe
+
+
+def _check_references(recipe: dict, name: str) -> None:
+    """Every name a recipe uses must be defined; each undefined name is reported once, with its users."""
+    defined = {
+        "data config": set(recipe["data_configs"]),
+        "pass": set(recipe["passes"]),
+        "system": set(recipe["systems"]),
+        "evaluator": set(recipe["evaluators"]),
+    }
+    uses: dict[tuple[str, str], list[str]] = {}
+
+    def use(kind: str, value, where: str):
+        if value is not None:
+            uses.setdefault((kind, value), []).append(where)
+
+    for evaluator_name, evaluator in recipe["evaluators"].items():
+        for index, metric in enumerate(evaluator["metrics"]):
+            use("data config", metric.get("data_config"), f"evaluators.{evaluator_name}.metrics[{index}]")
+    for pass_name, entry in recipe["passes"].items():
+        use("data config", (entry.get("config") or {}).get("data_config"), f"passes.{pass_name}.config")
+        use("system", entry.get("host"), f"passes.{pass_name}.host")
+    for index, flow in enumerate(recipe["pass_flows"]):
+        for pass_name in flow:
+            use("pass", pass_name, f"pass_flows[{index}]")
+    engine = recipe["engine"]
+    for key in ("host", "target"):
+        use("system", engine.get(key), f"engine.{key}")
+    use("evaluator", engine.get("evaluator"), "engine.evaluator")
+    messages = []
+    for (kind, value), wheres in uses.items():
+        if value not in defined[kind]:
+            places = ", ".join(dict.fromkeys(wheres))
+            messages.append(f"{name}: {kind} '{value}' is not defined (used by {places}){_did_you_mean(value, defined[kind])}")
+    if messages:
+        raise RecipeError("\n".join(messages), "define it in the recipe or correct the name")
