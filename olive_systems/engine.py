@@ -60,6 +60,7 @@ class Engine:
         check_output_dir(Path(self.engine["output_dir"]).resolve())
         if self.engine["clean_cache"]:
             self.cache.clear()
+        self.cache.sweep()
         input_model = self._input_model()
         target = self.recipe["systems"][self.engine["target"]]
         accelerators = [Accelerator(acc["device"], ep) for acc in target.get("accelerators", [{"device": "cpu"}])
