@@ -1,0 +1,143 @@
+"""Local content-addressed cache: one folder per entry, keyed by a full sha256.
+
+An entry is built in a private temp folder, its manifest (file sizes and sha256s) written last,
+and then the folder is renamed into place in one atomic step. A run killed at any moment leaves
+at most a temp folder, which no reader looks at. Every read checks the files against the manifest;
+a corrupt entry is reported, removed and recomputed, never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..models import file_sha256, folder_files
+
+MANIFEST = "manifest.json"
+KINDS = ("runs", "evaluations")
+
+
+def make_key(parts: dict) -> str:
+    """Full sha256 of the canonical JSON of everything that determines a result."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass
+class Entry:
+    kind: str
+    key: str
+    path: Path
+    meta: dict
+
+
+class LocalCache:
+    def __init__(self, root: Path, warn: Callable[[str], None] = print):
+        self.root = Path(root)
+        self.warn = warn
+
+    def entry_path(self, kind: str, key: str) -> Path:
+        return self.root / kind / key[:2] / key
+
+    def get(self, kind: str, key: str) -> Entry | None:
+        path = self.entry_path(kind, key)
+        manifest_path = path / MANIFEST
+        if not manifest_path.is_file():
+            return None
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            problem = _verify(path, manifest["files"])
+        except (OSError, ValueError, KeyError) as exc:
+            problem = f"unreadable manifest ({exc})"
+        if problem:
+            self.warn(f"cache entry {kind}/{key[:12]} is corrupt ({problem}); removed, recomputing")
+            self._discard(path)
+            return None
+        return Entry(kind, key, path, manifest["meta"])
+
+    def put(self, kind: str, key: str, build: Callable[[Path], dict]) -> Entry:
+        """build(folder) fills a fresh folder and returns the entry's metadata."""
+        tmp_root = self.root / "tmp"
+        tmp_root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-{key[:12]}-", dir=tmp_root))
+        try:
+            meta = build(tmp)
+            files = {p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": file_sha256(p)}
+                     for p in folder_files(tmp)}
+            manifest = {"key": key, "kind": kind, "created": time.time(), "files": files, "meta": meta}
+            _write_atomic(tmp / MANIFEST, json.dumps(manifest, indent=1))
+            final = self.entry_path(kind, key)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(tmp, final)
+                return Entry(kind, key, final, meta)
+            except OSError:  # another writer got there first: theirs stands, ours goes
+                shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return self.get(kind, key) or self.put(kind, key, build)
+
+    def entries(self, kind: str) -> list[Entry]:
+        found = []
+        for manifest_path in sorted((self.root / kind).glob(f"*/*/{MANIFEST}")):
+            manifest = json.loads(manifest_path.read_text())
+            found.append(Entry(kind, manifest["key"], manifest_path.parent, manifest["meta"]))
+        return found
+
+    def sweep(self) -> None:
+        """Remove temp folders left by writers that were killed (their process is gone)."""
+        for folder in (self.root / "tmp").glob("*-*"):
+            pid = folder.name.split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def clear(self) -> None:
+        for kind in (*KINDS, "tmp"):
+            shutil.rmtree(self.root / kind, ignore_errors=True)
+
+    def _discard(self, path: Path) -> None:
+        # Rename first so no reader sees a half-deleted entry.
+        trash = self.root / "tmp" / f"trash-{uuid.uuid4().hex}"
+        trash.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(path, trash)
+        except OSError:
+            return
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _verify(path: Path, files: dict) -> str | None:
+    for name, expected in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} missing"
+        if file.stat().st_size != expected["size"] or file_sha256(file) != expected["sha256"]:
+            return f"{name} does not match its sha256"
+    return None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
