@@ -30,7 +30,7 @@ bench: setup
 	$(PY) benchmarks/run_all.py
 
 schema: setup
-	$(VENV)/bin/olive-systems schema --output schemas/recipe.schema.json
+	$(VENV)/bin/olive-systems schema --output-dir schemas
 
 clean:
 	rm -rf outputs .olive-cache .pytest_cache

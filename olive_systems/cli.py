@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--config", required=True)
 
     schema = commands.add_parser("schema", help="print the recipe JSON Schema (pass configs included)")
-    schema.add_argument("--output", help="write to this file instead of stdout")
+    schema.add_argument("--output-dir", help="write recipe, job and result schemas into this folder instead")
 
     cache = commands.add_parser("cache", help="inspect or empty the local cache")
     cache.add_argument("action", choices=["list", "clear"])
@@ -86,12 +86,16 @@ def cmd_schema(args) -> int:
 
     from .recipe import recipe_schema
 
-    text = json.dumps(recipe_schema(), indent=2) + "\n"
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text)
-    else:
-        sys.stdout.write(text)
+    from pathlib import Path
+
+    from .job import JOB_SCHEMA, RESULT_SCHEMA
+
+    schemas = {"recipe": recipe_schema(), "job": JOB_SCHEMA, "result": RESULT_SCHEMA}
+    if not args.output_dir:
+        sys.stdout.write(json.dumps(schemas["recipe"], indent=2) + "\n")
+        return 0
+    for name, schema in schemas.items():
+        (Path(args.output_dir) / f"{name}.schema.json").write_text(json.dumps(schema, indent=2) + "\n")
     return 0
 
 

@@ -91,7 +91,7 @@ def _data_files(data_config: dict) -> list[str]:
     return [files] if isinstance(files, str) else list(files)
 
 
-def load_batches(data_config: dict, model_folder: Path, input_names: list[str] | None = None) -> Batches:
+def load_batches(data_config: dict, model_folder: Path) -> Batches:
     import datasets
 
     datasets.disable_progress_bars()
@@ -116,8 +116,6 @@ def load_batches(data_config: dict, model_folder: Path, input_names: list[str] |
     else:
         func = load_function(data_config.get("user_script"), kind, f"data_configs.{name}.pre_process_data_config")
         batches = func(dataset, model_folder=model_folder, batch_size=batch_size, **pre)
-    if input_names is not None:  # a model without token_type_ids must not be fed them
-        batches.inputs = [{k: v for k, v in feed.items() if k in input_names} for feed in batches.inputs]
     return batches
 
 
@@ -185,3 +183,13 @@ def post_process(data_config: dict, outputs: list[np.ndarray], batches: Batches)
         return POST_PROCESSORS[kind](outputs, batches)
     func = load_function(data_config.get("user_script"), kind, f"data_configs.{data_config['name']}.post_process_data_config")
     return np.asarray(func(outputs, batches))
+
+
+def for_model(batches: Batches, model) -> Batches:
+    """Only the inputs an ONNX model declares (a BERT export may have no token_type_ids)."""
+    if model.type != "OnnxModel":
+        return batches
+    import onnx
+
+    names = {i.name for i in onnx.load(str(model.onnx_path), load_external_data=False).graph.input}
+    return Batches([{k: v for k, v in feed.items() if k in names} for feed in batches.inputs], batches.targets, batches.groups)

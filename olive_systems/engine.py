@@ -6,7 +6,11 @@ re-run of the same recipe computes nothing and says so.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
+import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -17,6 +21,7 @@ import numpy as np
 from . import data as data_mod
 from .cache import LocalCache, make_key
 from .errors import OliveSystemsError, PassError
+from .job import CONTRACT_VERSION, RESULT_SCHEMA, JobError, check, save_batches, write_json
 from .models import ModelRef, folder_sha256
 from .output import WorkflowOutput
 from .output_dir import check_output_dir, write_output_dir
@@ -24,8 +29,6 @@ from .passes import get_pass_class
 from .passes.base import Accelerator, PassContext
 from .ranking import goals_of, rank
 from .systems import make_system
-
-EVALUATION_PACKAGES = ("onnxruntime", "torch", "transformers", "olive-systems")
 
 
 def package_versions(names) -> dict:
@@ -44,7 +47,11 @@ class Engine:
         self.engine = recipe["engine"]
         self.on_event = on_event or (lambda event: None)
         self.cache = LocalCache(Path(self.engine["cache_dir"]), warn=lambda msg: self.emit("warning", msg))
-        self.systems = {name: make_system(cfg) for name, cfg in recipe["systems"].items()}
+        self.systems = {name: make_system(cfg, name) for name, cfg in recipe["systems"].items()}
+        self._started_systems: list = []
+        target = recipe["systems"][self.engine["target"]]
+        self.accelerators = [Accelerator(acc["device"], ep) for acc in target.get("accelerators", [{"device": "cpu"}])
+                             for ep in acc.get("execution_providers", ["CPUExecutionProvider"])]
         evaluator = self.engine.get("evaluator")
         self.metrics = recipe["evaluators"][evaluator]["metrics"] if evaluator else []
         self.steps: list[dict] = []
@@ -62,9 +69,15 @@ class Engine:
             self.cache.clear()
         self.cache.sweep()
         input_model = self._input_model()
-        target = self.recipe["systems"][self.engine["target"]]
-        accelerators = [Accelerator(acc["device"], ep) for acc in target.get("accelerators", [{"device": "cpu"}])
-                        for ep in acc.get("execution_providers", ["CPUExecutionProvider"])]
+        self._input_folder = Path(input_model.path)
+        try:
+            return self._run_all(input_model)
+        finally:
+            for system in self._started_systems:
+                system.stop()
+
+    def _run_all(self, input_model: ModelRef) -> WorkflowOutput:
+        accelerators = self.accelerators
         candidates, failures, input_metrics = [], [], None
         for accelerator in accelerators:
             reference = None
@@ -133,7 +146,7 @@ class Engine:
             "data": {name: data_mod.fingerprint(self.recipe["data_configs"][name])
                      for name in [config.get("data_config")] if name},
             "accelerator": accelerator.to_dict() if pass_cls.accelerator_dependent else None,
-            "versions": package_versions((*pass_cls.depends_on, "olive-systems")),
+            "system": self.systems[entry.get("host") or self.engine["host"]].fingerprint(pass_cls.depends_on),
         })
         if key in self._memo:
             result, cached = self._memo[key]
@@ -143,14 +156,16 @@ class Engine:
         cached = hit is not None
         if not cached:
             self.emit("start", pass_name, step="pass")
-            system = self.systems[entry.get("host") or self.engine["host"]]
-            ctx = PassContext(accelerator=accelerator, load_data=self._load_data,
-                              log=lambda message: self.emit("log", pass_name, message=message))
+            system_name = entry.get("host") or self.engine["host"]
+            job = {"kind": "pass", "pass": {"name": pass_name, "type": entry["type"], "config": config}}
+            data_names = [config["data_config"]] if config.get("data_config") else []
 
             def build(folder: Path) -> dict:
-                out = system.run_pass(pass_cls, model, config, folder / "model", ctx)
-                return {"model": out.relocated("model").to_dict(), "pass": pass_name, "type": entry["type"],
-                        "seconds": round(time.perf_counter() - started, 3)}
+                result, job_dir = self._dispatch(system_name, job, model, accelerator, data_names, None, pass_name)
+                os.rename(job_dir / "output" / result["output_model"]["path"], folder / "model")
+                shutil.rmtree(job_dir, ignore_errors=True)
+                return {"model": result["output_model"], "pass": pass_name, "type": entry["type"],
+                        "seconds": round(time.perf_counter() - started, 3), "system": system_name}
 
             hit = self._guarded(f"pass '{pass_name}'", lambda: self.cache.put("runs", key, build))
         result = ModelRef.from_dict(hit.meta["model"])
@@ -160,6 +175,72 @@ class Engine:
         self.steps.append({"step": "pass", "name": pass_name, "key": key, "cached": cached, "seconds": seconds})
         self.emit("cached" if cached else "done", pass_name, step="pass", seconds=seconds)
         return result, key, cached, seconds
+
+    # ---- jobs ----
+
+    def _system(self, name: str):
+        system = self.systems[name]
+        if system not in self._started_systems:
+            mounts = {"cache": self.cache.root.resolve(), "jobs": self._jobs_root(), "input": self._input_folder}
+            self._started_systems.append(system)  # stopped at the end even if its start fails half-way
+            self._guarded(f"starting system '{name}'", lambda: system.start(mounts))
+            wanted = {ep for acc in self.recipe["systems"][name].get("accelerators", [])
+                      for ep in acc.get("execution_providers", [])}
+            if name == self.engine["target"]:
+                wanted |= {acc.execution_provider for acc in self.accelerators}
+            available = self._guarded(f"probing system '{name}'", system.available_providers)
+            missing = sorted(wanted - set(available))
+            if missing:
+                raise OliveSystemsError(f"system '{name}' lacks {missing} (it has {available})",
+                                        "use the image / environment built for that execution provider")
+        return system
+
+    def _jobs_root(self) -> Path:
+        root = (self.cache.root / "jobs").resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        return root
+
+    def _dispatch(self, system_name: str, job: dict, model: ModelRef, accelerator: Accelerator,
+                  data_names: list[str], reference: dict | None, label: str) -> tuple[dict, Path]:
+        """Write a job (data as .npz, user scripts copied in), run it on a system, check its result."""
+        system = self._system(system_name)
+        job_dir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=self._jobs_root()))
+        data = {}
+        for name in data_names:
+            config = self._portable(self.recipe["data_configs"][name], job_dir)
+            save_batches(self._load_data(name, model), job_dir / f"data-{name}.npz")
+            data[name] = {"config": config, "batches": str(job_dir / f"data-{name}.npz")}
+        if reference is not None:
+            np.savez(job_dir / "reference.npz", **{k: v for k, v in reference.items() if k != "__key__"})
+        if "metrics" in job:
+            job = dict(job, metrics=[self._portable(metric, job_dir) for metric in job["metrics"]])
+        timeout = float(self.recipe["systems"][system_name].get("timeout_s", 3600))
+        document = {"contract_version": CONTRACT_VERSION, "job_id": job_dir.name, **job, "input_model": model.to_dict(),
+                    "accelerator": accelerator.to_dict(), "data": data,
+                    "reference": str(job_dir / "reference.npz") if reference is not None else None,
+                    "output_dir": str(job_dir / "output"), "timeout_s": timeout}
+        write_json(job_dir / "job.json", document)
+        result = system.run_job(job_dir / "job.json", timeout, lambda line: self.emit("log", label, message=line))
+        check(result, RESULT_SCHEMA, "result")
+        if result["status"] != "succeeded":
+            shutil.rmtree(job_dir, ignore_errors=True)
+            error = result["error"] or {"message": "job failed", "fix": None}
+            raise JobError(f"{error['message']} [on {system_name}]", error.get("fix"), result["log_tail"])
+        return result, job_dir
+
+    @staticmethod
+    def _portable(config: dict, job_dir: Path) -> dict:
+        """A copy of a config whose user scripts are copied into the job folder (every system sees it)."""
+        config = json.loads(json.dumps(config))
+        holders = [config, config.get("user_config") or {}]
+        for holder in holders:
+            script = holder.get("user_script")
+            if script:
+                target = job_dir / "scripts" / f"{hashlib.sha256(script.encode()).hexdigest()[:12]}_{Path(script).name}"
+                target.parent.mkdir(exist_ok=True)
+                shutil.copy2(script, target)
+                holder["user_script"] = str(target)
+        return config
 
     @staticmethod
     def _guarded(what: str, work: Callable):
@@ -173,17 +254,16 @@ class Engine:
             raise PassError(f"{what} failed: {type(exc).__name__}: {detail}", "run with --verbose for the traceback") from exc
 
     def _load_data(self, name: str, model: ModelRef):
-        """Pre-processed batches of a data config for a model (memoized: tokenizing is not free)."""
+        """Tokenized batches of a data config for a model, made here on the host (memoized)."""
         key = (name, model.path)
         if key not in self._data_cache:
-            input_names = None
-            if model.type == "OnnxModel":
-                import onnx
-
-                graph = onnx.load(str(model.onnx_path), load_external_data=False).graph
-                input_names = [i.name for i in graph.input]
-            self._data_cache[key] = data_mod.load_batches(self.recipe["data_configs"][name], Path(model.path), input_names)
+            self._data_cache[key] = data_mod.load_batches(self.recipe["data_configs"][name], Path(model.path))
         return self._data_cache[key]
+
+    def _evaluation_system(self, model: ModelRef) -> str:
+        if model.type == "HfModel" and not self.systems[self.engine["target"]].can_run_torch:
+            return self.engine["host"]  # torch models are evaluated where torch is
+        return self.engine["target"]
 
     def _evaluate(self, label: str, model: ModelRef, accelerator: Accelerator, reference: dict | None):
         """Returns (metrics, reference artifacts, cached)."""
@@ -197,20 +277,21 @@ class Engine:
             "data": {name: data_mod.fingerprint(self.recipe["data_configs"][name]) for name in used},
             "accelerator": accelerator.to_dict(),
             "reference": reference.get("__key__") if reference else None,
-            "versions": package_versions(EVALUATION_PACKAGES),
+            "system": self.systems[self._evaluation_system(model)].fingerprint(("onnxruntime", "torch", "transformers")),
         })
         started = time.perf_counter()
         hit = self.cache.get("evaluations", key)
         cached = hit is not None
         if not cached:
             self.emit("start", label, step="evaluation")
-            system = self.systems[self.engine["target"]]
+            system_name = self._evaluation_system(model)
 
             def build(folder: Path) -> dict:
-                metrics, artifacts = system.evaluate(model, self.metrics, self.recipe["data_configs"],
-                                                     accelerator.execution_provider, reference)
-                np.savez(folder / "artifacts.npz", **artifacts)
-                return {"metrics": metrics, "model": label}
+                result, job_dir = self._dispatch(system_name, {"kind": "evaluation", "metrics": self.metrics}, model,
+                                                 accelerator, used, reference, label)
+                os.rename(job_dir / "output" / result["artifacts"], folder / "artifacts.npz")
+                shutil.rmtree(job_dir, ignore_errors=True)
+                return {"metrics": result["metrics"], "model": label, "system": system_name}
 
             hit = self._guarded(f"evaluation of {label}", lambda: self.cache.put("evaluations", key, build))
         with np.load(hit.path / "artifacts.npz") as stored:

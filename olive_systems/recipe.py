@@ -66,7 +66,7 @@ def recipe_schema() -> dict:
                 "additionalProperties": {
                     "type": "object",
                     "properties": {
-                        "type": {"enum": ["LocalSystem"]},
+                        "type": {"enum": ["LocalSystem", "VenvSystem", "DockerSystem"]},
                         "accelerators": {
                             "type": "array",
                             "minItems": 1,
@@ -80,9 +80,22 @@ def recipe_schema() -> dict:
                                 "additionalProperties": False,
                             },
                         },
+                        "timeout_s": {"type": "number", "exclusiveMinimum": 0, "default": 3600,
+                                      "description": "a job running longer is killed and reported (venv, docker)"},
+                        "requirements": {"type": "string", "description": "VenvSystem: pinned requirements file"},
+                        "python": {"type": "string", "description": "VenvSystem: use this existing interpreter"},
+                        "venv_dir": {"type": "string", "description": "VenvSystem: where built venvs are kept"},
+                        "can_run_torch": {"type": "boolean", "description": "VenvSystem: torch is installed there"},
+                        "image": {"enum": ["cpu", "openvino", "cuda"], "description": "DockerSystem: image from images/"},
+                        "image_tag": {"type": "string", "description": "DockerSystem: use this tag instead"},
+                        "memory_limit": {"type": "string", "description": "DockerSystem: container memory limit, e.g. 4g"},
                     },
                     "required": ["type"],
                     "additionalProperties": False,
+                    "allOf": [
+                        {"if": {"properties": {"type": {"const": "VenvSystem"}}},
+                         "then": {"anyOf": [{"required": ["requirements"]}, {"required": ["python"]}]}},
+                    ],
                 },
             },
             "evaluators": {
@@ -221,6 +234,9 @@ def _normalize(raw: dict, base: Path, name: str) -> dict:
                 metric["user_config"]["user_script"] = str(
                     resolve_resource(script, base, f"{name}: evaluators.{evaluator_name}.metrics[{index}].user_config.user_script"))
     recipe.setdefault("systems", {"local_system": copy.deepcopy(DEFAULT_SYSTEM)})
+    for system_name, system in recipe["systems"].items():
+        if system.get("requirements"):
+            system["requirements"] = str(resolve_resource(system["requirements"], base, f"{name}: systems.{system_name}.requirements"))
     recipe.setdefault("evaluators", {})
     recipe.setdefault("pass_flows", [list(recipe["passes"])])
     engine = recipe.setdefault("engine", {})

@@ -23,9 +23,12 @@ def error_of(path_or_dict):
     return info.value
 
 
-def test_published_schema_is_current():
-    published = json.loads((REPO / "schemas" / "recipe.schema.json").read_text())
-    assert published == recipe_schema(), "run `make schema` to regenerate schemas/recipe.schema.json"
+def test_published_schemas_are_current():
+    from olive_systems.job import JOB_SCHEMA, RESULT_SCHEMA
+
+    for name, schema in {"recipe": recipe_schema(), "job": JOB_SCHEMA, "result": RESULT_SCHEMA}.items():
+        published = json.loads((REPO / "schemas" / f"{name}.schema.json").read_text())
+        assert published == schema, f"run `make schema` to regenerate schemas/{name}.schema.json"
 
 
 def test_shipped_recipes_validate():

@@ -93,14 +93,14 @@ class LocalCache:
         return found
 
     def sweep(self) -> None:
-        """Remove temp folders left by writers that were killed (their process is gone)."""
-        for folder in (self.root / "tmp").glob("*-*"):
+        """Remove temp and job folders left by runs that were killed (their process is gone)."""
+        for folder in [*(self.root / "tmp").glob("*-*"), *(self.root / "jobs").glob("*-*")]:
             pid = folder.name.split("-", 1)[0]
             if pid.isdigit() and not _alive(int(pid)):
                 shutil.rmtree(folder, ignore_errors=True)
 
     def clear(self) -> None:
-        for kind in (*KINDS, "tmp"):
+        for kind in (*KINDS, "tmp", "jobs"):
             shutil.rmtree(self.root / kind, ignore_errors=True)
 
     def _discard(self, path: Path) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import Batches, load_batches, pooled, post_process
+from ..data import Batches, pooled, post_process
 from ..errors import OliveSystemsError, RecipeError
 from ..models import ModelRef
 from ..ort import create_session, dummy_feed, measure_latency
@@ -55,16 +55,21 @@ class ModelRunner:
         return {name: (np.ones if "mask" in name else np.zeros)((1, 128), dtype=np.int64) for name in names}
 
 
-def evaluate(model: ModelRef, metrics: list[dict], data_configs: dict, execution_provider: str,
+def evaluate(model: ModelRef, metrics: list[dict], data: dict[str, tuple[dict, Batches]], execution_provider: str,
              reference: dict | None) -> tuple[dict, dict]:
-    """Returns (metrics, artifacts). Artifacts of the input model are the reference for candidates:
-    its pooled outputs (for fidelity) and any fitted accuracy thresholds."""
+    """Returns (metrics, artifacts). `data` maps a data config name to its config and pre-processed
+    batches. Artifacts of the input model are the reference for candidates: its pooled outputs (for
+    fidelity) and any fitted accuracy thresholds."""
     runner = ModelRunner(model, execution_provider)
     loaded: dict[str, tuple[Batches, list[np.ndarray]]] = {}
+    data_configs = {name: config for name, (config, _) in data.items()}
 
     def data_for(name: str, infer: bool = True):
-        if name not in loaded:
-            batches = load_batches(data_configs[name], Path(model.path), runner.input_names)
+        if name not in loaded or (infer and not loaded[name][1]):
+            batches = data[name][1]
+            # a model without token_type_ids must not be fed them
+            batches = Batches([{k: v for k, v in feed.items() if k in runner.input_names} for feed in batches.inputs],
+                              batches.targets, batches.groups)
             loaded[name] = (batches, [runner(feed) for feed in batches.inputs] if infer else [])
         return loaded[name]
 

@@ -1,22 +1,34 @@
-"""LocalSystem: runs passes and evaluations in the orchestrator's own process."""
+"""LocalSystem: runs jobs in the orchestrator's own process, through the same runner as any system."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..models import ModelRef
-from ..passes.base import PassContext
-
 
 class LocalSystem:
-    def __init__(self, config: dict):
-        self.config = config
+    can_run_torch = True
 
-    def run_pass(self, pass_cls, model: ModelRef, config: dict, out_dir: Path, ctx: PassContext) -> ModelRef:
-        return pass_cls().run(model, config, out_dir, ctx)
+    def __init__(self, config: dict, name: str = "local_system"):
+        self.config, self.name = config, name
 
-    def evaluate(self, model: ModelRef, metrics: list[dict], data_configs: dict, execution_provider: str,
-                 reference: dict | None) -> tuple[dict, dict]:
-        from ..evaluation.evaluator import evaluate
+    def start(self, mounts: dict) -> None:
+        """Nothing to start: the process is already here."""
 
-        return evaluate(model, metrics, data_configs, execution_provider, reference)
+    def stop(self) -> None:
+        pass
+
+    def fingerprint(self, packages: tuple) -> dict:
+        """What, besides the job, decides a result here: the versions of the packages it uses."""
+        from ..engine import package_versions
+
+        return {"system": "local", "versions": package_versions((*packages, "olive-systems"))}
+
+    def available_providers(self) -> list[str]:
+        import onnxruntime
+
+        return onnxruntime.get_available_providers()
+
+    def run_job(self, job_path: Path, timeout_s: float, on_log) -> dict:
+        from ..runner import run_job_file
+
+        return run_job_file(job_path, on_log=on_log)

@@ -1,0 +1,136 @@
+"""Runs one job anywhere: `python -m olive_systems.runner JOB.json` writes result.json beside it.
+
+The local system calls run_job_file() in process; venv and docker systems run this module as a
+process; all of them execute exactly this code.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from .errors import OliveSystemsError
+from .job import CONTRACT_VERSION, JOB_SCHEMA, RESULT_SCHEMA, check, load_batches_file, write_json
+
+RESULT_FILE = "result.json"
+
+
+class _Tail(logging.Handler):
+    def __init__(self, lines: collections.deque):
+        super().__init__(logging.INFO)
+        self.lines = lines
+
+    def emit(self, record):
+        self.lines.append(self.format(record))
+
+
+def run_job_file(job_path: str | Path, on_log=None) -> dict:
+    """Execute the job, write result.json next to it, return the result. Never raises for job errors."""
+    import json
+
+    job_path = Path(job_path)
+    started = time.perf_counter()
+    tail: collections.deque = collections.deque(maxlen=40)
+    handler = _Tail(tail)
+    logging.getLogger().addHandler(handler)
+
+    def log(message: str) -> None:
+        tail.append(message)
+        if on_log:
+            on_log(message)
+        else:
+            print(message, flush=True)
+
+    job = {"job_id": "unknown"}
+    result = {"contract_version": CONTRACT_VERSION, "status": "failed", "output_model": None, "metrics": None,
+              "artifacts": None, "error": None}
+    try:
+        job = json.loads(job_path.read_text())
+        version = job.get("contract_version")
+        if version != CONTRACT_VERSION:
+            raise OliveSystemsError(f"job contract version {version} is not supported by this runner (it speaks {CONTRACT_VERSION})",
+                                    "use the same olive-systems version on the host and in the system (rebuild the image)")
+        check(job, JOB_SCHEMA, "job")
+        out_dir = Path(job["output_dir"])
+        out_dir.mkdir(parents=True, exist_ok=True)
+        result.update((_run_pass if job["kind"] == "pass" else _run_evaluation)(job, out_dir, log))
+        result["status"] = "succeeded"
+    except OliveSystemsError as exc:
+        result["error"] = {"type": type(exc).__name__, "message": exc.message, "fix": exc.fix}
+    except Exception as exc:  # a library error inside the job: reported, with its traceback in the tail
+        tail.extend(traceback.format_exc().splitlines()[-12:])
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        result["error"] = {"type": type(exc).__name__, "message": f"{type(exc).__name__}: {detail}",
+                           "fix": "see the log tail; run with --verbose for the full traceback"}
+    finally:
+        logging.getLogger().removeHandler(handler)
+    result.update(job_id=job.get("job_id", "unknown"), timings={"seconds": round(time.perf_counter() - started, 3)},
+                  log_tail=list(tail), runtime=_runtime())
+    check(result, RESULT_SCHEMA, "result")
+    write_json(job_path.parent / RESULT_FILE, result)
+    return result
+
+
+def _runtime() -> dict:
+    try:
+        import onnxruntime
+
+        return {"onnxruntime": onnxruntime.__version__, "providers": onnxruntime.get_available_providers()}
+    except ImportError:
+        return {}
+
+
+def _data(job: dict) -> dict:
+    return {name: (entry["config"], load_batches_file(entry["batches"])) for name, entry in job["data"].items()}
+
+
+def _run_pass(job: dict, out_dir: Path, log) -> dict:
+    from .data import for_model
+    from .models import ModelRef
+    from .passes import get_pass_class
+    from .passes.base import Accelerator, PassContext
+
+    data = _data(job)
+    spec = job["pass"]
+    ctx = PassContext(accelerator=Accelerator(**job["accelerator"]), load_data=lambda name, model: for_model(data[name][1], model),
+                      log=lambda message: log(f"{spec['name']}: {message}"))
+    model = ModelRef.from_dict(job["input_model"])
+    output = get_pass_class(spec["type"])().run(model, spec["config"], out_dir / "model", ctx)
+    return {"output_model": output.relocated("model").to_dict()}
+
+
+def _run_evaluation(job: dict, out_dir: Path, log) -> dict:
+    import numpy as np
+
+    from .evaluation.evaluator import evaluate
+    from .models import ModelRef
+
+    reference = None
+    if job.get("reference"):
+        with np.load(job["reference"]) as stored:
+            reference = {name: stored[name] for name in stored.files}
+    metrics, artifacts = evaluate(ModelRef.from_dict(job["input_model"]), job["metrics"], _data(job),
+                                  job["accelerator"]["execution_provider"], reference)
+    np.savez(out_dir / "artifacts.npz", **artifacts)
+    return {"metrics": metrics, "artifacts": "artifacts.npz"}
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m olive_systems.runner JOB.json", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.ERROR)
+    result = run_job_file(args[0])
+    if result["error"]:
+        print(f"error: {result['error']['message']}", file=sys.stderr)
+    return 0 if result["status"] == "succeeded" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
