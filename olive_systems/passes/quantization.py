@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import fnmatch
+import tempfile
 from pathlib import Path
 
 from ..errors import PassError
-from ..models import ModelRef, copy_side_files, folder_sha256
+from ..models import ModelRef, copy_side_files, folder_sha256, link_or_copy
 from .base import Pass, PassContext
 
 _COMMON = {
@@ -26,21 +27,32 @@ class _Quantization(Pass):
     depends_on = ("onnxruntime", "onnx")
 
     def run(self, model: ModelRef, config: dict, out_dir: Path, ctx: PassContext) -> ModelRef:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        # The quantizer writes scratch files beside its input: give it a private copy, never the
+        # (read-only, content-addressed) cache folder the input lives in.
+        with tempfile.TemporaryDirectory(dir=out_dir.parent) as work:
+            source = Path(work) / "model.onnx"
+            link_or_copy(model.onnx_path, source)
+            self._quantize_file(model, source, config, out_dir, ctx)
+        copy_side_files(Path(model.path), out_dir)
+        return model.relocated(out_dir, hash=folder_sha256(out_dir),
+                               attributes={**model.attributes, "quantization": type(self).__name__})
+
+    def _quantize_file(self, model: ModelRef, source: Path, config: dict, out_dir: Path, ctx: PassContext) -> None:
         import onnx
 
-        out_dir.mkdir(parents=True, exist_ok=True)
         extra = dict(config["extra_options"])
         # A fused model's shape inference leaves some weights untyped ("Unable to find data type for
         # weight_name=..."); declaring float as the default tensor type lets the quantizer go on.
         extra.setdefault("DefaultTensorType", onnx.TensorProto.FLOAT)
         kwargs = dict(
-            model_input=str(model.onnx_path),
+            model_input=str(source),
             model_output=str(out_dir / "model.onnx"),
             per_channel=config["per_channel"],
             reduce_range=config["reduce_range"],
             weight_type=_quant_type(config["weight_type"]),
             op_types_to_quantize=config["op_types_to_quantize"],
-            nodes_to_exclude=_excluded_nodes(onnx.load(str(model.onnx_path), load_external_data=False), config),
+            nodes_to_exclude=_excluded_nodes(onnx.load(str(source), load_external_data=False), config),
             extra_options=extra,
         )
         try:
@@ -50,9 +62,6 @@ class _Quantization(Pass):
         except Exception as exc:
             raise PassError(f"{type(self).__name__} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
                             "keep the failing nodes in float with nodes_to_exclude / op_types_to_exclude") from exc
-        copy_side_files(Path(model.path), out_dir)
-        return model.relocated(out_dir, hash=folder_sha256(out_dir),
-                               attributes={**model.attributes, "quantization": type(self).__name__})
 
     def quantize(self, model: ModelRef, config: dict, kwargs: dict, ctx: PassContext) -> None:
         raise NotImplementedError
@@ -84,16 +93,14 @@ class OnnxStaticQuantization(_Quantization):
     }
 
     def quantize(self, model, config, kwargs, ctx):
-        import tempfile
-
         import onnx
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
         if config["symbolic_shape_inference"]:
             inferred = SymbolicShapeInference.infer_shapes(onnx.load(kwargs["model_input"]), auto_merge=True)
-            workdir = tempfile.TemporaryDirectory()
-            kwargs["model_input"] = f"{workdir.name}/inferred.onnx"
+            # a new file: the private copy may be a hard link to the cached input
+            kwargs["model_input"] = str(Path(kwargs["model_input"]).with_name("inferred.onnx"))
             onnx.save(inferred, kwargs["model_input"])
 
         batches = ctx.load_data(config["data_config"], model)
