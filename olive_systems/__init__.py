@@ -5,6 +5,11 @@ Imports are lazy so that `olive-systems --help` and a fully cached run stay fast
 
 from __future__ import annotations
 
+import os
+
+# onnxruntime collects usage data on Linux unless told not to; olive-systems sends nothing.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
 __version__ = "0.1.0"
 
 _LAZY = {

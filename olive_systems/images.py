@@ -5,8 +5,9 @@ that pins the whole dependency closure. `build_image` puts a build context toget
 folder (the Dockerfile, the requirements and their wheels, the olive-systems wheel of this
 checkout, images/check_image.py) and builds it with the Docker SDK. Nothing is fetched inside the
 build: wheels come from the host with `pip download` through a host-side cache, images/.wheels/,
-so a second build downloads nothing. The tag is a digest of everything that goes into the image,
-so an unchanged image is never rebuilt and a changed one never reuses a stale tag.
+so a second build downloads nothing. The tag is a digest of what the image installs (Dockerfile,
+pins, check script, olive-systems version): an unchanged image is never rebuilt, a changed one
+never reuses a stale tag.
 
     python -m olive_systems.images build cpu openvino [--base-image python:3.11-slim]
     python -m olive_systems.images info cpu          # /opt/olive-image.json of the image
@@ -55,7 +56,7 @@ PLATFORMS = (
     "any",
 )
 
-# Files of this checkout that go into the olive-systems wheel (and so into the image's tag).
+# Files of this checkout that go into the olive-systems wheel.
 _PACKAGE_FILES = ("pyproject.toml", "README.md", "setup.py", "setup.cfg", "LICENSE")
 
 
@@ -75,25 +76,13 @@ def _image_dir(name: str, repo_root: Path) -> Path:
     return folder
 
 
-def _package_digest(repo_root: Path) -> str:
-    """sha256 of the olive-systems sources that the image's wheel is built from."""
-    h = hashlib.sha256()
-    root = Path(repo_root)
-    files = [root / f for f in _PACKAGE_FILES if (root / f).is_file()]
-    files += [
-        p
-        for p in (root / "olive_systems").rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")
-    ]
-    for p in sorted(files):
-        h.update(p.relative_to(root).as_posix().encode() + b"\0")
-        h.update(hashlib.sha256(p.read_bytes()).digest())
-    return h.hexdigest()
-
-
 def image_tag(name: str, repo_root: Path | str = REPO_ROOT) -> str:
     """`olive-systems/<name>:<12 hex>`: sha256 of the image folder's Dockerfile and
-    requirements.txt, images/check_image.py, the olive-systems version and its sources."""
+    requirements.txt, images/check_image.py and the olive-systems version.
+
+    The olive_systems sources are left out on purpose: the docker system mounts the host's
+    source over the image's copy, so an edit to the code needs no new image; a change to what
+    the image installs (Dockerfile, pins) or a new release does."""
     from olive_systems import __version__
 
     repo_root = Path(repo_root)
@@ -104,7 +93,6 @@ def image_tag(name: str, repo_root: Path | str = REPO_ROOT) -> str:
         (folder / "requirements.txt").read_bytes(),
         (repo_root / "images" / "check_image.py").read_bytes(),
         __version__.encode(),
-        _package_digest(repo_root).encode(),
     ):
         h.update(hashlib.sha256(part).digest())
     return f"{REPOSITORY}/{name}:{h.hexdigest()[:12]}"
@@ -281,8 +269,10 @@ def _resolve(name_or_tag: str, repo_root: Path | str = REPO_ROOT) -> str:
 def _run(client, tag: str, command: list[str], **kwargs: Any) -> bytes:
     """Runs `command` in a throwaway container of `tag` the way jobs run: no network, as this
     user, read-only root file system with a tmpfs /tmp (HOME)."""
-    from docker.errors import ContainerError, ImageNotFound
+    from docker.errors import APIError, ContainerError
 
+    if not _image_exists(client, tag):  # else containers.run would try to pull it from a registry
+        raise ImageError(f"image {tag} is missing: python -m olive_systems.images build NAME (or make images)")
     user = f"{os.getuid()}:{os.getgid()}" if hasattr(os, "getuid") else None
     try:
         return client.containers.run(
@@ -298,10 +288,11 @@ def _run(client, tag: str, command: list[str], **kwargs: Any) -> bytes:
             stderr=False,
             **kwargs,
         )
-    except ImageNotFound as e:
-        raise ImageError(f"image {tag} is missing: python -m olive_systems.images build ...") from e
     except ContainerError as e:
-        raise ImageError(f"{' '.join(command)} failed in {tag}: {e.stderr.decode(errors='replace') if e.stderr else e}") from e
+        detail = e.stderr.decode(errors="replace").strip() if e.stderr else str(e)
+        raise ImageError(f"{' '.join(command)} failed in {tag}: {detail}") from e
+    except APIError as e:
+        raise ImageError(f"docker could not run {tag}: {e.explanation or e}") from e
 
 
 def image_info(tag: str) -> dict:
@@ -320,6 +311,8 @@ def check_image(tag: str, **run_kwargs: Any) -> dict:
     device_requests=[docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]."""
     client = _docker_client()
     tag = _resolve(tag)
+    if not _image_exists(client, tag):
+        raise ImageError(f"image {tag} is missing: python -m olive_systems.images build NAME (or make images)")
     labels = client.images.get(tag).labels or {}
     name = labels.get("org.olive-systems.image.name", "")
     provider = labels.get("org.olive-systems.image.execution_provider")

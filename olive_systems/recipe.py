@@ -45,6 +45,7 @@ def recipe_schema() -> dict:
         "type": "object",
         "properties": {
             "$schema": {"type": "string"},
+            "extends": {"type": "string", "description": "start from this recipe; mappings merge, the rest replaces"},
             "description": {"type": "string"},
             "input_model": {
                 "type": "object",
@@ -142,7 +143,7 @@ def load_recipe(source, base_dir: Path | None = None) -> dict:
         name, base = path.name, path.resolve().parent
         if not path.is_file():
             raise RecipeError(f"recipe '{source}' not found", "give the path of a .yaml or .json recipe")
-        raw = _parse(path)
+        raw = _with_base(_parse(path), path, [path.resolve()])
     _validate(raw, name)
     recipe = _normalize(raw, base, name)
     _check_references(recipe, name)
@@ -167,6 +168,24 @@ def _parse(path: Path) -> dict:
         raise RecipeError(f"{path.name}: a recipe must be a mapping at the top level",
                           "start with input_model:, passes: ...")
     return data
+
+
+def _with_base(data: dict, path: Path, chain: list[Path]) -> dict:
+    """`extends: other.yaml` starts from that recipe; mappings merge key by key, anything else replaces."""
+    if "extends" not in data:
+        return data
+    base_path = (path.parent / str(data.pop("extends"))).resolve()
+    if base_path in chain:
+        raise RecipeError(f"{path.name}: extends {base_path.name}, which extends it back", "break the cycle")
+    if not base_path.is_file():
+        raise RecipeError(f"{path.name}: extends '{base_path}', which does not exist", "fix the extends path")
+    return _merge(_with_base(_parse(base_path), base_path, chain + [base_path]), data)
+
+
+def _merge(base, override):
+    if isinstance(base, dict) and isinstance(override, dict):
+        return {**base, **{key: _merge(base.get(key), value) for key, value in override.items()}}
+    return override
 
 
 def _path_text(parts) -> str:

@@ -71,9 +71,13 @@ class DockerSystem:
         self._launch()
 
     def _launch(self) -> None:
+        import docker
+
         volumes = {host: {"bind": inside, "mode": "rw" if inside == "/olive/jobs" else "ro"} for host, inside in self.mounts.items()}
+        gpus = any(acc.get("device") == "gpu" for acc in self.config.get("accelerators", []))
         self.container = self.client.containers.run(
             self.tag, ["sleep", "infinity"], detach=True, init=True, network_mode="none",
+            device_requests=[docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])] if gpus else None,
             user=f"{os.getuid()}:{os.getgid()}", mem_limit=self.config.get("memory_limit", "8g"), volumes=volumes,
             environment={"PYTHONPATH": "/olive/src", "HOME": "/tmp", "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"},
             labels={"olive-systems": self.name}, working_dir="/tmp",
