@@ -12,7 +12,6 @@ import os
 import shutil
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
@@ -29,16 +28,6 @@ from .passes import get_pass_class
 from .passes.base import Accelerator, PassContext
 from .ranking import goals_of, rank
 from .systems import make_system
-
-
-def package_versions(names) -> dict:
-    versions = {}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
 
 
 class Engine:
@@ -123,11 +112,10 @@ class Engine:
         history, parent_id = [], f"input_model-{model.hash[:8]}"
         for index, pass_name in enumerate(flow):
             entry = self.recipe["passes"][pass_name]
-            model, key, cached, seconds = self._run_pass(pass_name, entry, model, accelerator)
-            model_id = f"{index}_{entry['type']}-{key[:8]}"
+            model, step = self._run_pass(pass_name, entry, model, accelerator)
+            model_id = f"{index}_{entry['type']}-{step['key'][:8]}"
             history.append({"model_id": model_id, "parent_model_id": parent_id, "pass": pass_name, "type": entry["type"],
-                            "config": get_pass_class(entry["type"]).resolve_config(entry.get("config")),
-                            "key": key, "cached": cached, "seconds": seconds})
+                            **step})
             parent_id = model_id
         return model, history
 
@@ -150,7 +138,7 @@ class Engine:
         })
         if key in self._memo:
             result, cached = self._memo[key]
-            return result, key, cached, 0.0
+            return result, {"config": config, "key": key, "cached": cached, "seconds": 0.0}
         started = time.perf_counter()
         hit = self.cache.get("runs", key)
         cached = hit is not None
@@ -174,7 +162,7 @@ class Engine:
         self._memo[key] = (result, cached)
         self.steps.append({"step": "pass", "name": pass_name, "key": key, "cached": cached, "seconds": seconds})
         self.emit("cached" if cached else "done", pass_name, step="pass", seconds=seconds)
-        return result, key, cached, seconds
+        return result, {"config": config, "key": key, "cached": cached, "seconds": seconds}
 
     # ---- jobs ----
 

@@ -20,6 +20,14 @@ import numpy as np
 def mean_similarity(predictions, targets):
     return {"mean_cosine": float(np.mean(predictions))}
 
+def io_config(model):
+    return {"input_names": ["ids", "mask"], "output_names": ["hidden"],
+            "dynamic_axes": {"ids": {0: "b", 1: "s"}, "mask": {0: "b", 1: "s"}, "hidden": {0: "b", 1: "s"}}}
+
+def dummy_inputs(model):
+    import torch
+    return {"input_ids": torch.ones(1, 8, dtype=torch.int64), "attention_mask": torch.ones(1, 8, dtype=torch.int64)}
+
 def broken_dummy_inputs(model):
     import torch
     return (torch.zeros(1, 8, dtype=torch.float32), torch.ones(1, 8, 3))  # wrong dtypes and ranks
@@ -34,8 +42,13 @@ def run_dir(tiny_bert, tmp_path_factory):
     recipe["evaluators"]["common"]["metrics"].append(
         {"name": "custom", "type": "custom", "data_config": "pairs", "sub_types": [{"name": "mean_cosine"}],
          "user_config": {"user_script": str(tmp / "user_script.py"), "metric_func": "mean_similarity"}})
+    recipe["evaluators"]["common"]["metrics"].append(
+        {"name": "throughput", "type": "throughput", "data_config": "calibration", "sub_types": [{"name": "avg"}],
+         "metric_config": {"warmup_num": 1, "repeat_test_num": 5}})
     recipe["passes"]["fp16_on_torch"] = {"type": "OnnxFloatToFloat16"}
     recipe["pass_flows"].append(["fp16_on_torch"])  # a flow that must fail: fp16 needs an ONNX model
+    recipe["passes"]["fp16"] = {"type": "OnnxFloatToFloat16"}
+    recipe["pass_flows"].append(["conversion", "fp16"])
     events = []
     output = olive_systems.run(recipe, on_event=events.append)
     return tmp, recipe, output, events
@@ -45,14 +58,16 @@ def test_every_candidate_is_written_ranked_and_loadable(run_dir, tiny_bert):
     tmp, _, output, _ = run_dir
     out = tmp / "out"
     ranked = json.loads((out / "models_rank.json").read_text())
-    ids = {"conversion", "conversion-fusion-dynamic-tuning", "conversion-fusion-static"}
+    ids = {"conversion", "conversion-fusion-dynamic-tuning", "conversion-fusion-static", "conversion-fp16"}
     assert {entry["model_id"] for entry in ranked} == ids
-    assert [entry["rank"] for entry in ranked] == [1, 2, 3]
+    assert [entry["rank"] for entry in ranked] == [1, 2, 3, 4]
     for entry in ranked:
         folder = out / entry["model_id"]
         for name in ("model.onnx", "inference_config.json", "run_history.json", "metrics.json", "tokenizer.json", "config.json"):
             assert (folder / name).is_file(), f"{entry['model_id']} lacks {name}"
-        assert set(entry["metrics"]) >= {"latency-p50", "accuracy-accuracy_score", "fidelity-cosine_mean", "custom-mean_cosine"}
+        assert set(entry["metrics"]) >= {"latency-p50", "accuracy-accuracy_score", "fidelity-cosine_mean",
+                                         "custom-mean_cosine", "throughput-avg"}
+        assert entry["metrics"]["throughput-avg"]["value"] > 0 and entry["metrics"]["throughput-avg"]["higher_is_better"]
     assert (out / "input_model_metrics.json").is_file()
     best = output.get_best_candidate()
     assert best.rank == 1 and best.model_id == ranked[0]["model_id"]
@@ -82,6 +97,9 @@ def test_passes_really_transform_the_model(run_dir):
     static_ops = {n.op_type for n in onnx.load(static.model_path).graph.node}
     assert "DynamicQuantizeLinear" in dynamic_ops or "MatMulInteger" in dynamic_ops or "DynamicQuantizeMatMul" in dynamic_ops
     assert "QuantizeLinear" in static_ops and "DequantizeLinear" in static_ops
+    fp16 = onnx.load(output.get_output_model_by_id("conversion-fp16").model_path)
+    assert {init.data_type for init in fp16.graph.initializer} >= {onnx.TensorProto.FLOAT16}
+    assert fp16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64  # io types kept
     settings = dynamic.get_inference_config()["session_options"]
     assert settings["intra_op_num_threads"] in (1, 2)
     assert dynamic.from_pass() == "OrtSessionParamsTuning"
@@ -103,7 +121,7 @@ def test_metrics_are_measured_against_the_input_model(run_dir):
 
 def test_failed_flow_is_recorded_and_the_others_finish(run_dir):
     _, _, output, events = run_dir
-    assert len(output.get_output_models()) == 3
+    assert len(output.get_output_models()) == 4
     assert [f["model_id"] for f in output.failures] == ["fp16_on_torch"]
     assert "takes OnnxModel, got HfModel" in output.failures[0]["error"]
     assert any(e["kind"] == "failed" and e["name"] == "fp16_on_torch" for e in events)
@@ -138,6 +156,16 @@ def test_export_error_is_recorded_with_its_cause(tiny_bert, tmp_path):
     assert not output.has_output_model()
     assert output.failures[0]["error"].startswith("torch.onnx.export failed")
     assert not list((tmp_path / "cache" / "runs").glob("*/*"))  # nothing half-written was kept
+
+
+def test_io_config_and_dummy_inputs_from_the_model_script(tiny_bert, tmp_path):
+    (tmp_path / "script.py").write_text(USER_SCRIPT)
+    recipe = tiny_recipe(tiny_bert, tmp_path, evaluators={}, pass_flows=[["conversion"]])
+    recipe["input_model"].update(model_script=str(tmp_path / "script.py"), io_config="io_config",
+                                 dummy_inputs_func="dummy_inputs")
+    output = olive_systems.run(recipe)
+    graph = onnx.load(output.get_best_candidate().model_path).graph
+    assert [i.name for i in graph.input] == ["ids", "mask"] and [o.name for o in graph.output] == ["hidden"]
 
 
 def cli(*args, cwd=None):

@@ -40,7 +40,7 @@ class Entry:
 
 class LocalCache:
     def __init__(self, root: Path, warn: Callable[[str], None] = print):
-        self.root = Path(root)
+        self.root = Path(root).resolve()  # absolute: paths in jobs must mean the same in every system
         self.warn = warn
 
     def entry_path(self, kind: str, key: str) -> Path:

@@ -43,8 +43,8 @@ class OnnxConversion(Pass):
 
         hf_model = load_hf_model(model)
         io_config = self._io_config(model, hf_model)
-        dummy = self._dummy_inputs(model, hf_model, io_config, config)
-        wrapper = _KeywordForward(hf_model, io_config["input_names"], io_config["output_names"])
+        dummy, keywords = self._dummy_inputs(model, hf_model, io_config, config)
+        wrapper = _KeywordForward(hf_model, keywords, io_config["output_names"])
         out_dir.mkdir(parents=True, exist_ok=True)
         onnx_path = out_dir / "model.onnx"
         try:
@@ -81,14 +81,15 @@ class OnnxConversion(Pass):
         return task_io_config(model)
 
     @staticmethod
-    def _dummy_inputs(model: ModelRef, hf_model, io_config: dict, config: dict) -> tuple:
+    def _dummy_inputs(model: ModelRef, hf_model, io_config: dict, config: dict) -> tuple[tuple, list | None]:
+        """The export's example inputs, and the forward() keywords they go to (None: positional)."""
         import torch
 
         if model.dummy_inputs_func:
             dummy = load_function(model.model_script, model.dummy_inputs_func, "input_model.dummy_inputs_func")(hf_model)
-            if isinstance(dummy, dict):
-                return tuple(dummy[name] for name in io_config["input_names"])
-            return tuple(dummy) if isinstance(dummy, (list, tuple)) else (dummy,)
+            if isinstance(dummy, dict):  # keys are forward() keywords; io_config names the ONNX inputs
+                return tuple(dummy.values()), list(dummy)
+            return (tuple(dummy) if isinstance(dummy, (list, tuple)) else (dummy,)), None
         shape = (config["dummy_batch_size"], config["dummy_sequence_length"])
         vocab = getattr(hf_model.config, "vocab_size", 100)
         generator = torch.Generator().manual_seed(0)
@@ -100,7 +101,7 @@ class OnnxConversion(Pass):
                 dummy.append(torch.ones(shape, dtype=torch.int64))
             else:
                 dummy.append(torch.zeros(shape, dtype=torch.int64))
-        return tuple(dummy)
+        return tuple(dummy), io_config["input_names"]
 
 
 def _keyword_forward_class():
@@ -109,16 +110,19 @@ def _keyword_forward_class():
     class KeywordForward(torch.nn.Module):
         """Calls the model with keyword arguments: positional calls break BertModel on transformers 5."""
 
-        def __init__(self, model, input_names, output_names):
+        def __init__(self, model, keywords, output_names):
             super().__init__()
-            self.model, self.input_names, self.output_names = model, list(input_names), list(output_names)
+            self.model, self.keywords, self.output_names = model, keywords, list(output_names)
 
         def forward(self, *args):
-            outputs = self.model(**dict(zip(self.input_names, args)))
-            return tuple(outputs[name] for name in self.output_names)
+            outputs = self.model(**dict(zip(self.keywords, args))) if self.keywords else self.model(*args)
+            if isinstance(outputs, (tuple, list)):
+                return tuple(outputs[: len(self.output_names)])
+            return tuple(outputs[name] if name in outputs else outputs[index]
+                         for index, name in enumerate(self.output_names))
 
     return KeywordForward
 
 
-def _KeywordForward(model, input_names, output_names):
-    return _keyword_forward_class()(model, input_names, output_names)
+def _KeywordForward(model, keywords, output_names):
+    return _keyword_forward_class()(model, keywords, output_names)

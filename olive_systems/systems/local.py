@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+from importlib import metadata
 from pathlib import Path
+
+
+def package_versions(names) -> dict:
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
 
 
 class LocalSystem:
@@ -19,8 +30,6 @@ class LocalSystem:
 
     def fingerprint(self, packages: tuple) -> dict:
         """What, besides the job, decides a result here: the versions of the packages it uses."""
-        from ..engine import package_versions
-
         return {"system": "local", "versions": package_versions((*packages, "olive-systems"))}
 
     def available_providers(self) -> list[str]:
