@@ -9,14 +9,14 @@ from .output import WorkflowOutput
 
 
 def run(run_config, output_dir: str | Path | None = None, cache_dir: str | Path | None = None,
-        on_event: Callable[[dict], None] | None = None) -> WorkflowOutput:
-    """Run a recipe (path to YAML/JSON, or a dict) and return its ranked results."""
+        on_event: Callable[[dict], None] | None = None, account_name: str | None = None,
+        container_name: str | None = None) -> WorkflowOutput:
+    """Run a recipe (path to YAML/JSON, or a dict) and return its ranked results. account_name and
+    container_name name an Azure Blob container as the shared cache (as in the recipe's
+    engine.shared_cache)."""
     from .engine import Engine
-    from .recipe import load_recipe
+    from .recipe import apply_overrides, load_recipe
 
-    recipe = load_recipe(run_config)
-    if output_dir is not None:
-        recipe["engine"]["output_dir"] = str(output_dir)
-    if cache_dir is not None:
-        recipe["engine"]["cache_dir"] = str(cache_dir)
+    recipe = apply_overrides(load_recipe(run_config), output_dir, cache_dir, account_name=account_name,
+                             container_name=container_name)
     return Engine(recipe, on_event).run()

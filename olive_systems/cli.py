@@ -16,6 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output-dir", help="override engine.output_dir")
     run.add_argument("--cache-dir", help="override engine.cache_dir")
     run.add_argument("--clean-cache", action="store_true", help="empty the cache first")
+    run.add_argument("--account-name", help="Azure storage account of the shared cache")
+    run.add_argument("--container-name", help="Azure Blob container of the shared cache")
     run.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="show tracebacks and pass logs")
 
     validate = commands.add_parser("validate", help="check a recipe against the schema without running it")
@@ -24,9 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
     schema = commands.add_parser("schema", help="print the recipe JSON Schema (pass configs included)")
     schema.add_argument("--output-dir", help="write recipe, job and result schemas into this folder instead")
 
-    cache = commands.add_parser("cache", help="inspect or empty the local cache")
-    cache.add_argument("action", choices=["list", "clear"])
+    cache = commands.add_parser("cache", help="list, show, prune, push, pull or clear cache entries")
+    cache.add_argument("action", choices=["list", "show", "prune", "push", "pull", "clear"])
+    cache.add_argument("keys", nargs="*", help="show/pull: entry keys (a unique prefix is enough)")
     cache.add_argument("--cache-dir", default=".olive-cache")
+    cache.add_argument("--older-than", type=float, metavar="DAYS", help="prune: entries created before this")
+    cache.add_argument("--account-name", help="shared cache: Azure storage account")
+    cache.add_argument("--container-name", help="shared cache: Azure Blob container (list, push, pull)")
     return parser
 
 
@@ -53,20 +59,14 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_run(args) -> int:
     from .engine import Engine
     from .progress import Progress, print_summary
-    from .recipe import load_recipe
+    from .recipe import apply_overrides, load_recipe
 
     import logging
 
     # Libraries (the ORT quantizer above all) log warnings by the hundred; --verbose shows them.
     logging.basicConfig(level=logging.WARNING if args.verbose else logging.ERROR)
-    recipe = load_recipe(args.config)
-    engine_config = recipe["engine"]
-    if args.output_dir:
-        engine_config["output_dir"] = args.output_dir
-    if args.cache_dir:
-        engine_config["cache_dir"] = args.cache_dir
-    if args.clean_cache:
-        engine_config["clean_cache"] = True
+    recipe = apply_overrides(load_recipe(args.config), args.output_dir, args.cache_dir, args.clean_cache,
+                             args.account_name, args.container_name)
     with Progress(verbose=args.verbose) as progress:
         output = Engine(recipe, progress.on_event).run()
     print_summary(output)
@@ -100,19 +100,60 @@ def cmd_schema(args) -> int:
 
 
 def cmd_cache(args) -> int:
+    import json
+    import time
     from pathlib import Path
 
     from .cache import LocalCache
+    from .errors import OliveSystemsError
 
-    cache = LocalCache(Path(args.cache_dir))
-    if args.action == "clear":
+    remote = None
+    if args.container_name:
+        from .cache.blob import BlobRemote
+
+        remote = BlobRemote(args.container_name, args.account_name)
+    cache = LocalCache(Path(args.cache_dir), remote=remote)
+    local = [entry for kind in ("runs", "evaluations") for entry in cache.entries(kind)]
+
+    def find(prefix: str):
+        matches = [entry for entry in local if entry.key.startswith(prefix)]
+        if len(matches) != 1:
+            raise OliveSystemsError(f"'{prefix}' matches {len(matches)} local entries", "give more of the key")
+        return matches[0]
+
+    if args.action == "list":
+        for entry in local:
+            print(f"{entry.kind:<12} {entry.key}  {entry.meta.get('pass') or entry.meta.get('model', '')}")
+        if remote is not None:
+            for kind in ("runs", "evaluations"):
+                for item in remote.entries(kind):
+                    print(f"{kind:<12} {item['key']}  (shared)")
+    elif args.action == "show":
+        for prefix in args.keys:
+            entry = find(prefix)
+            print(json.dumps(json.loads((entry.path / "manifest.json").read_text()), indent=2))
+    elif args.action == "prune":
+        if args.older_than is None:
+            raise OliveSystemsError("prune needs --older-than DAYS", "e.g. olive-systems cache prune --older-than 30")
+        cutoff = time.time() - args.older_than * 86400
+        old = [e for e in local if json.loads((e.path / "manifest.json").read_text())["created"] < cutoff]
+        for entry in old:
+            cache._discard(entry.path)
+        print(f"pruned {len(old)} of {len(local)} entries")
+    elif args.action in ("push", "pull"):
+        if remote is None:
+            raise OliveSystemsError(f"cache {args.action} needs the shared cache", "add --container-name (and --account-name)")
+        if args.action == "push":
+            pushed = sum(cache.push_entry(entry) for entry in local)
+            print(f"pushed {pushed} entries ({len(local) - pushed} were there already)")
+        else:
+            for key in args.keys:
+                kind = "evaluations" if any(i["key"] == key for i in remote.entries("evaluations")) else "runs"
+                entry = cache.get(kind, key)
+                print(f"{key}: {'pulled' if entry is not None and cache.materialize(entry) else 'not in the shared cache'}")
+    else:
         cache.clear()
         print(f"cleared {args.cache_dir}")
-        return 0
-    for kind in ("runs", "evaluations"):
-        for entry in cache.entries(kind):
-            label = entry.meta.get("pass") or entry.meta.get("model", "")
-            print(f"{kind:<12} {entry.key}  {label}")
     return 0
 
 

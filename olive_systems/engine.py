@@ -35,7 +35,8 @@ class Engine:
         self.recipe = recipe
         self.engine = recipe["engine"]
         self.on_event = on_event or (lambda event: None)
-        self.cache = LocalCache(Path(self.engine["cache_dir"]), warn=lambda msg: self.emit("warning", msg))
+        self.cache = LocalCache(Path(self.engine["cache_dir"]), warn=lambda msg: self.emit("warning", msg),
+                                remote=self._shared_cache())
         self.systems = {name: make_system(cfg, name) for name, cfg in recipe["systems"].items()}
         self._started_systems: list = []
         target = recipe["systems"][self.engine["target"]]
@@ -45,7 +46,17 @@ class Engine:
         self.metrics = recipe["evaluators"][evaluator]["metrics"] if evaluator else []
         self.steps: list[dict] = []
         self._memo: dict[str, tuple[ModelRef, bool]] = {}
+        self._pending: dict[str, tuple] = {}  # entry folder -> (shared entry not yet downloaded, recompute)
         self._data_cache: dict = {}
+
+    def _shared_cache(self):
+        shared = self.engine.get("shared_cache")
+        if not shared:
+            return None
+        from .cache.blob import DEFAULT_CONNECTION_ENV, BlobRemote
+
+        return BlobRemote(shared["container_name"], shared.get("account_name"),
+                          shared.get("connection_string_env", DEFAULT_CONNECTION_ENV))
 
     def emit(self, kind: str, name: str, **fields) -> None:
         self.on_event({"kind": kind, "name": name, **fields})
@@ -84,6 +95,8 @@ class Engine:
                     continue
                 candidates.append({"model_id": flow_id, "model": model, "history": history, "metrics": metrics,
                                    "device": accelerator.device, "execution_provider": accelerator.execution_provider})
+        for candidate in candidates:  # a candidate from the shared cache is downloaded now, for the output
+            self._guarded(f"fetching {candidate['model_id']}", lambda: self._materialize(candidate["model"]))
         ranked = rank(candidates, goals_of(self.metrics), input_metrics)
         output_dir = Path(self.engine["output_dir"]).resolve()
         summary = {"input_model_metrics": input_metrics, "failures": failures, "steps": self.steps}
@@ -140,28 +153,34 @@ class Engine:
             result, cached = self._memo[key]
             return result, {"config": config, "key": key, "cached": cached, "seconds": 0.0}
         started = time.perf_counter()
+        system_name = entry.get("host") or self.engine["host"]
+        job = {"kind": "pass", "pass": {"name": pass_name, "type": entry["type"], "config": config}}
+        data_names = [config["data_config"]] if config.get("data_config") else []
+
+        def build(folder: Path) -> dict:
+            result, job_dir = self._dispatch(system_name, job, model, accelerator, data_names, None, pass_name)
+            os.rename(job_dir / "output" / result["output_model"]["path"], folder / "model")
+            shutil.rmtree(job_dir, ignore_errors=True)
+            return {"model": result["output_model"], "pass": pass_name, "type": entry["type"],
+                    "seconds": round(time.perf_counter() - started, 3), "system": system_name}
+
+        def compute():
+            self.emit("start", pass_name, step="pass")
+            return self._guarded(f"pass '{pass_name}'", lambda: self.cache.put("runs", key, build))
+
         hit = self.cache.get("runs", key)
         cached = hit is not None
         if not cached:
-            self.emit("start", pass_name, step="pass")
-            system_name = entry.get("host") or self.engine["host"]
-            job = {"kind": "pass", "pass": {"name": pass_name, "type": entry["type"], "config": config}}
-            data_names = [config["data_config"]] if config.get("data_config") else []
-
-            def build(folder: Path) -> dict:
-                result, job_dir = self._dispatch(system_name, job, model, accelerator, data_names, None, pass_name)
-                os.rename(job_dir / "output" / result["output_model"]["path"], folder / "model")
-                shutil.rmtree(job_dir, ignore_errors=True)
-                return {"model": result["output_model"], "pass": pass_name, "type": entry["type"],
-                        "seconds": round(time.perf_counter() - started, 3), "system": system_name}
-
-            hit = self._guarded(f"pass '{pass_name}'", lambda: self.cache.put("runs", key, build))
+            hit = compute()
+        elif hit.pending:  # a shared entry: its files are fetched only if something needs them
+            self._pending[str(hit.path)] = (hit, compute)
         result = ModelRef.from_dict(hit.meta["model"])
         result = result.relocated(hit.path / result.path)
         seconds = round(time.perf_counter() - started, 3)
         self._memo[key] = (result, cached)
-        self.steps.append({"step": "pass", "name": pass_name, "key": key, "cached": cached, "seconds": seconds})
-        self.emit("cached" if cached else "done", pass_name, step="pass", seconds=seconds)
+        self.steps.append({"step": "pass", "name": pass_name, "key": key, "cached": cached, "source": hit.source,
+                           "seconds": seconds})
+        self.emit("cached" if cached else "done", pass_name, step="pass", seconds=seconds, source=hit.source)
         return result, {"config": config, "key": key, "cached": cached, "seconds": seconds}
 
     # ---- jobs ----
@@ -191,6 +210,7 @@ class Engine:
     def _dispatch(self, system_name: str, job: dict, model: ModelRef, accelerator: Accelerator,
                   data_names: list[str], reference: dict | None, label: str) -> tuple[dict, Path]:
         """Write a job (data as .npz, user scripts copied in), run it on a system, check its result."""
+        self._materialize(model)
         system = self._system(system_name)
         job_dir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=self._jobs_root()))
         data = {}
@@ -241,9 +261,20 @@ class Engine:
             detail = str(exc).splitlines()[0] if str(exc) else ""
             raise PassError(f"{what} failed: {type(exc).__name__}: {detail}", "run with --verbose for the traceback") from exc
 
+    def _materialize(self, model: ModelRef) -> None:
+        """Make sure a model's files are here: download a shared entry, or recompute it if it is corrupt."""
+        for folder in [f for f in self._pending if model.path == f or model.path.startswith(f + os.sep)]:
+            entry, recompute = self._pending.pop(folder)
+            if not self.cache.materialize(entry):
+                recompute()
+                for step in self.steps:
+                    if step["key"] == entry.key:
+                        step.update(cached=False, source="computed")
+
     def _load_data(self, name: str, model: ModelRef):
         """Tokenized batches of a data config for a model, made here on the host (memoized)."""
         key = (name, model.path)
+        self._materialize(model)
         if key not in self._data_cache:
             self._data_cache[key] = data_mod.load_batches(self.recipe["data_configs"][name], Path(model.path))
         return self._data_cache[key]
@@ -269,6 +300,8 @@ class Engine:
         })
         started = time.perf_counter()
         hit = self.cache.get("evaluations", key)
+        if hit is not None and hit.pending and not self.cache.materialize(hit):
+            hit = None  # a corrupt shared evaluation: evaluate again
         cached = hit is not None
         if not cached:
             self.emit("start", label, step="evaluation")
@@ -286,7 +319,8 @@ class Engine:
             artifacts = {name: stored[name] for name in stored.files}
         artifacts["__key__"] = key
         seconds = round(time.perf_counter() - started, 3)
-        self.steps.append({"step": "evaluation", "name": label, "key": key, "cached": cached, "seconds": seconds})
-        self.emit("cached" if cached else "done", label, step="evaluation", seconds=seconds,
+        self.steps.append({"step": "evaluation", "name": label, "key": key, "cached": cached, "source": hit.source,
+                           "seconds": seconds})
+        self.emit("cached" if cached else "done", label, step="evaluation", seconds=seconds, source=hit.source,
                   metrics={k: v["value"] for k, v in hit.meta["metrics"].items()})
         return hit.meta["metrics"], artifacts, cached

@@ -27,7 +27,8 @@ class Progress:
         if kind == "start":
             self.status.update(f"{event['step']}: {name}")
         elif kind in ("done", "cached"):
-            seconds = f"{event['seconds']:.1f}s" if kind == "done" else "from cache"
+            seconds = f"{event['seconds']:.1f}s" if kind == "done" else (
+                "from the shared cache" if event.get("source") == "shared" else "from cache")
             metrics = event.get("metrics")
             shown = "  " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()) if metrics else ""
             self.console.print(f"{MARKS[kind]} {event['step']:<10} {name}  [dim]{seconds}[/]{shown}")
@@ -58,5 +59,6 @@ def print_summary(output) -> None:
     for failure in output.failures:
         console.print(f"[red]failed[/] {failure['model_id']}: {failure['error']}" + (f" (fix: {failure['fix']})" if failure.get("fix") else ""))
     computed = sum(not step["cached"] for step in output.steps)
-    console.print(f"{len(output.steps)} steps: {len(output.steps) - computed} from cache, {computed} computed. "
-                  f"Output: {output.output_dir}")
+    shared = sum(step.get("source") == "shared" for step in output.steps)
+    console.print(f"{len(output.steps)} steps: {len(output.steps) - computed} from cache ({shared} from the shared cache), "
+                  f"{computed} computed. Output: {output.output_dir}")

@@ -125,6 +125,18 @@ def recipe_schema() -> dict:
                     "clean_cache": {"type": "boolean", "default": False},
                     "evaluate_input_model": {"type": "boolean", "default": True},
                     "log_severity_level": {"type": "integer", "minimum": 0, "maximum": 4, "default": 1},
+                    "shared_cache": {
+                        "type": "object",
+                        "description": "Azure Blob container in front of which the local cache sits; credentials come "
+                                       "from the environment (connection string) or DefaultAzureCredential, never from here",
+                        "properties": {
+                            "account_name": {"type": "string"},
+                            "container_name": {"type": "string", "pattern": "^[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]$"},
+                            "connection_string_env": {"type": "string", "default": "AZURE_STORAGE_CONNECTION_STRING"},
+                        },
+                        "required": ["container_name"],
+                        "additionalProperties": False,
+                    },
                 },
                 "additionalProperties": False,
             },
@@ -303,3 +315,21 @@ def _check_references(recipe: dict, name: str) -> None:
             messages.append(f"{name}: {kind} '{value}' is not defined (used by {places}){_did_you_mean(value, defined[kind])}")
     if messages:
         raise RecipeError("\n".join(messages), "define it in the recipe or correct the name")
+
+
+def apply_overrides(recipe: dict, output_dir=None, cache_dir=None, clean_cache: bool = False,
+                    account_name: str | None = None, container_name: str | None = None) -> dict:
+    """Command-line / API arguments that take precedence over the recipe's engine section."""
+    engine = recipe["engine"]
+    if output_dir is not None:
+        engine["output_dir"] = str(output_dir)
+    if cache_dir is not None:
+        engine["cache_dir"] = str(cache_dir)
+    if clean_cache:
+        engine["clean_cache"] = True
+    if container_name or account_name:
+        shared = engine.setdefault("shared_cache", {})
+        shared.update({k: v for k, v in {"container_name": container_name, "account_name": account_name}.items() if v})
+        if "container_name" not in shared:
+            raise RecipeError("--account-name needs a container name for the shared cache", "add --container-name")
+    return recipe

@@ -36,17 +36,26 @@ class Entry:
     key: str
     path: Path
     meta: dict
+    source: str = "local"  # local, shared (pulled from the blob cache) or computed
+    pending: tuple | None = None  # (manifest, etag) of a shared entry whose files are not here yet
 
 
 class LocalCache:
-    def __init__(self, root: Path, warn: Callable[[str], None] = print):
+    def __init__(self, root: Path, warn: Callable[[str], None] = print, remote=None):
         self.root = Path(root).resolve()  # absolute: paths in jobs must mean the same in every system
         self.warn = warn
+        self.remote = remote  # a BlobRemote in front of which this cache sits, or None
 
     def entry_path(self, kind: str, key: str) -> Path:
         return self.root / kind / key[:2] / key
 
     def get(self, kind: str, key: str) -> Entry | None:
+        entry = self._get_local(kind, key)
+        if entry is None and self.remote is not None:
+            entry = self._pull(kind, key)
+        return entry
+
+    def _get_local(self, kind: str, key: str) -> Entry | None:
         path = self.entry_path(kind, key)
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
@@ -77,13 +86,72 @@ class LocalCache:
             final.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.rename(tmp, final)
-                return Entry(kind, key, final, meta)
             except OSError:  # another writer got there first: theirs stands, ours goes
                 shutil.rmtree(tmp, ignore_errors=True)
+                return self._get_local(kind, key) or self.put(kind, key, build)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return self.get(kind, key) or self.put(kind, key, build)
+        self._push(kind, key, final, manifest)
+        return Entry(kind, key, final, meta, source="computed")
+
+    # ---- the shared (blob) cache behind this one ----
+
+    def _remote_call(self, work):
+        from .blob import RemoteUnavailable
+
+        try:
+            return work()
+        except RemoteUnavailable as exc:
+            self.warn(f"shared cache {self.remote.name} unavailable ({exc}); going on with the local cache only")
+            self.remote = None  # one warning, then local-only for the rest of the run
+            return None
+
+    def _pull(self, kind: str, key: str) -> Entry | None:
+        """Only the manifest: its metadata is enough to go on (the next pass's key needs just the
+        model's hash), and the files come when something needs them (materialize)."""
+        found = self._remote_call(lambda: self.remote.manifest(kind, key))
+        if found is None:
+            return None
+        return Entry(kind, key, self.entry_path(kind, key), found[0]["meta"], source="shared", pending=found)
+
+    def materialize(self, entry: Entry) -> bool:
+        """Download a shared entry's files, verified, into place. False (and a warning) when the shared
+        entry is corrupt or the service went away: the caller recomputes."""
+        from .blob import CorruptRemoteEntry
+
+        if entry.pending is None or self._get_local(entry.kind, entry.key) is not None:
+            entry.pending = None
+            return True
+        tmp_root = self.root / "tmp"
+        tmp_root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-pull-", dir=tmp_root))
+        try:
+            manifest, etag = entry.pending
+            if self.remote is None or self._remote_call(lambda: self.remote.download(entry.kind, entry.key, manifest, etag, tmp)) is None:
+                return False
+            _write_atomic(tmp / MANIFEST, json.dumps({k: v for k, v in manifest.items() if k != "writer"}, indent=1))
+            entry.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(tmp, entry.path)
+            except OSError:  # pulled by someone else meanwhile
+                pass
+            entry.pending = None
+            return True
+        except CorruptRemoteEntry as exc:
+            self.warn(f"shared cache entry {entry.kind}/{entry.key[:12]} is corrupt ({exc}); not used, recomputing")
+            return False
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _push(self, kind: str, key: str, folder: Path, manifest: dict) -> None:
+        if self.remote is not None:
+            self._remote_call(lambda: self.remote.push(kind, key, folder, manifest))
+
+    def push_entry(self, entry: Entry) -> bool:
+        """Publish an entry that is only local (cache push)."""
+        manifest = json.loads((entry.path / MANIFEST).read_text())
+        return bool(self.remote is not None and self._remote_call(lambda: self.remote.push(entry.kind, entry.key, entry.path, manifest)))
 
     def entries(self, kind: str) -> list[Entry]:
         found = []
