@@ -90,6 +90,7 @@ class Engine:
                     metrics = self._evaluate(flow_id, model, accelerator, reference)[0] if self.metrics else {}
                 except OliveSystemsError as exc:
                     failures.append({"model_id": flow_id, "error": exc.message, "fix": exc.fix,
+                                     "log_tail": getattr(exc, "log_tail", []),
                                      "device": accelerator.device, "execution_provider": accelerator.execution_provider})
                     self.emit("failed", flow_id, error=str(exc))
                     continue

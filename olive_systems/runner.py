@@ -55,6 +55,8 @@ def run_job_file(job_path: str | Path, on_log=None) -> dict:
             raise OliveSystemsError(f"job contract version {version} is not supported by this runner (it speaks {CONTRACT_VERSION})",
                                     "use the same olive-systems version on the host and in the system (rebuild the image)")
         check(job, JOB_SCHEMA, "job")
+        what = job["pass"]["name"] if job["kind"] == "pass" else f"{len(job['metrics'])} metrics"
+        log(f"runner: {job['kind']} job {job['job_id']} ({what}) on {job['accelerator']['execution_provider']}")
         out_dir = Path(job["output_dir"])
         out_dir.mkdir(parents=True, exist_ok=True)
         result.update((_run_pass if job["kind"] == "pass" else _run_evaluation)(job, out_dir, log))

@@ -186,6 +186,8 @@ def test_venv_job_crash_and_timeout_are_reported(tiny_onnx, tmp_path, func, expe
     assert len(output.failures) == 2, "both flows are tried; each fails on its own"
     assert all(expected in f["error"] for f in output.failures)
     assert (tmp_path / "out" / "workflow_output.json").exists()
+    if func == "crash":
+        assert all(f["log_tail"] for f in output.failures), "the runner's last lines come back with the error"
 
 
 @pytest.mark.parametrize("func, expected", [("crash", "runner exited with code 3 without a result"),
@@ -197,6 +199,8 @@ def test_docker_job_crash_timeout_and_oom_are_reported(tiny_onnx, tmp_path, func
     output = faulty_run(tiny_onnx, tmp_path, system, func)
     assert len(output.failures) == 2
     assert all(expected in f["error"] for f in output.failures), output.failures
+    if func == "hog":  # the runner got as far as running the metric before the kill: its log shows it
+        assert all(isinstance(f["log_tail"], list) for f in output.failures)
 
 
 def test_docker_daemon_down_is_one_clear_error(tiny_onnx, tmp_path, monkeypatch):
