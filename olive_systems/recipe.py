@@ -14,6 +14,7 @@ from pathlib import Path
 from .data import DATA_CONFIG_SCHEMA
 from .errors import RecipeError
 from .evaluation.metrics import METRIC_SCHEMA
+from .packaging import PACKAGING_SCHEMA
 from .resources import RESOURCE_SCHEMA, resolve_resource
 
 DEVICES = ["cpu", "gpu", "npu"]
@@ -152,6 +153,7 @@ def recipe_schema() -> dict:
                     "clean_cache": {"type": "boolean", "default": False},
                     "evaluate_input_model": {"type": "boolean", "default": True},
                     "log_severity_level": {"type": "integer", "minimum": 0, "maximum": 4, "default": 1},
+                    "packaging_config": PACKAGING_SCHEMA,
                     "shared_cache": {
                         "type": "object",
                         "description": "Azure Blob container in front of which the local cache sits; credentials come "

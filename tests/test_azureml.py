@@ -1,12 +1,13 @@
-"""The AzureML system.
+"""The AzureML system and packaging.
 
 Nothing here can reach Azure, so everything but the live suite is offline: the job YAML the system
 writes is loaded back with azure.ai.ml.load_job and compared field by field, the SDK's own
 validation must accept it and reject a broken field, the command it runs is executed here against
-folders laid out as AzureML mounts them, and failures
-are mapped from the SDK's real exception types. The live suite runs end
-to end only when AZUREML_SUBSCRIPTION_ID, AZUREML_RESOURCE_GROUP and AZUREML_WORKSPACE are set
-(and AZUREML_COMPUTE, default cpu-cluster); otherwise it is skipped with that reason.
+folders laid out as AzureML mounts them, failures are mapped from the SDK's real exception types,
+the engine runs packaging_config at the end of a run, and the packaging Model / Data entities are
+built, dumped and loaded back. The live suite runs end to end only when AZUREML_SUBSCRIPTION_ID,
+AZUREML_RESOURCE_GROUP and AZUREML_WORKSPACE are set (and AZUREML_COMPUTE, default cpu-cluster);
+otherwise it is skipped with that reason.
 """
 
 from __future__ import annotations
@@ -281,4 +282,84 @@ def test_live_job_runs_end_to_end(job, tmp_path):
         system.stop()
     assert result["status"] == "succeeded", result["error"]
     assert (job.parent / "output" / result["output_model"]["path"] / "model.onnx").is_file()
+
+
+# ---- packaging ----
+
+def ranked_output(tmp_path) -> "WorkflowOutput":
+    from olive_systems.models import ModelRef
+    from olive_systems.output_dir import write_output_dir
+
+    candidates = []
+    for rank, name in enumerate(["dynamic", "fp32"], start=1):
+        folder = tiny_onnx(tmp_path / "models" / name)
+        candidates.append({"model_id": name, "model": ModelRef(type="OnnxModel", path=str(folder), hash="0" * 64),
+                           "history": [], "metrics": {"latency-avg": {"value": float(rank), "priority": 1, "higher_is_better": False}},
+                           "device": "cpu", "execution_provider": "CPUExecutionProvider", "rank": rank,
+                           "meets_goals": True, "missed_goals": []})
+    return write_output_dir(tmp_path / "out", candidates, {"input_model_metrics": None, "failures": [], "steps": []})
+
+
+@pytest.mark.parametrize("kind", ["AzureMLModels", "AzureMLData"])
+def test_packaging_entities_dump_and_load_back(kind, tmp_path):
+    from azure.ai.ml import load_data, load_model
+
+    from olive_systems.packaging import package
+
+    output = ranked_output(tmp_path)
+    entry = {"type": kind, "name": "olive_output_model", "config": {"version": "3", "description": "bert ptq"}}
+    written = package(output, [entry], tmp_path / "out")
+    assert [p.name for p in written] == ["olive_output_model_cpu-cpu_1.yaml", "olive_output_model_cpu-cpu_2.yaml"]
+    for path, model in zip(written, output.get_output_models()):
+        loaded = (load_model if kind == "AzureMLModels" else load_data)(path)
+        folder = tmp_path / "out" / model.model_id
+        assert (loaded.name, loaded.version, loaded.description) == (path.stem, "3", "bert ptq")
+        assert loaded.type == ("custom_model" if kind == "AzureMLModels" else "uri_folder")
+        assert Path(loaded.path) == folder
+        assert loaded.tags["execution_provider"] == "CPUExecutionProvider" and loaded.tags["rank"] == str(model.rank)
+        for beside in ("model.onnx", "inference_config.json", "metrics.json", "model_info.json"):
+            assert (folder / beside).is_file(), beside
+        assert json.loads((folder / "model_info.json").read_text())["rank"] == model.rank
+
+
+def test_packaging_registers_through_a_workspace_client(tmp_path):
+    """Live registration goes through MLClient.models / .data; a recording client stands in for the workspace."""
+    from azure.core.exceptions import ClientAuthenticationError
+
+    from olive_systems.packaging import package
+
+    class Operations:
+        def __init__(self, fail=False):
+            self.created, self.fail = [], fail
+
+        def create_or_update(self, asset):
+            if self.fail:
+                raise ClientAuthenticationError(message="no credential")
+            self.created.append(asset)
+
+    class Client:
+        models, data = Operations(), Operations()
+
+    output = ranked_output(tmp_path)
+    assert package(output, {"type": "AzureMLModels", "name": "m"}, tmp_path / "out", Client) == []
+    assert [a.name for a in Client.models.created] == ["m_cpu-cpu_1", "m_cpu-cpu_2"] and not Client.data.created
+    Client.data = Operations(fail=True)
+    with pytest.raises(OliveSystemsError, match="authentication"):
+        package(output, {"type": "AzureMLData", "name": "d"}, tmp_path / "out", Client)
+
+
+def test_recipe_packaging_config_runs_at_the_end(tmp_path):
+    import olive_systems
+
+    model = tiny_onnx(tmp_path / "model")
+    recipe = {"input_model": {"type": "OnnxModel", "model_path": str(model)},
+              "passes": {"dynamic": {"type": "OnnxDynamicQuantization"}},
+              "engine": {"output_dir": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache"),
+                         "packaging_config": [{"type": "AzureMLModels", "name": "olive_output_model", "config": {"version": 1}},
+                                              {"type": "Zipfile", "name": "packaged"}]}}
+    output = olive_systems.run(recipe)
+    best = output.get_best_candidate()
+    assert (tmp_path / "out" / "azureml" / "olive_output_model_cpu-cpu_1.yaml").is_file()
+    assert (Path(best.model_path).parent / "model_info.json").is_file()
+    assert (tmp_path / "packaged.zip").is_file()
 
