@@ -363,3 +363,21 @@ def test_recipe_packaging_config_runs_at_the_end(tmp_path):
     assert (Path(best.model_path).parent / "model_info.json").is_file()
     assert (tmp_path / "packaged.zip").is_file()
 
+
+
+def test_recipe_schema_accepts_azureml_system_and_rejects_unknown_keys(tmp_path):
+    from olive_systems.errors import RecipeError
+    from olive_systems.recipe import load_recipe
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "bert_ptq_azureml.yaml")
+    aml = recipe["systems"]["aml"]
+    assert aml["type"] == "AzureMLSystem" and aml["compute"] and aml["image"] == "cpu"
+    assert recipe["engine"]["target"] == "aml"
+    model = tiny_onnx(tmp_path / "model")
+    bad = {"input_model": {"type": "OnnxModel", "model_path": str(model)}, "passes": {"d": {"type": "OnnxDynamicQuantization"}},
+           "systems": {"aml": {"type": "AzureMLSystem", "compute": "c", "workspace_name": "w", "client_secret": "x"}}}
+    with pytest.raises(RecipeError, match="unknown key 'client_secret'"):
+        load_recipe(bad)
+    del bad["systems"]["aml"]["client_secret"], bad["systems"]["aml"]["compute"]
+    with pytest.raises(RecipeError, match="compute"):
+        load_recipe(bad)
