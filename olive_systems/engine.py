@@ -101,7 +101,18 @@ class Engine:
         ranked = rank(candidates, goals_of(self.metrics), input_metrics)
         output_dir = Path(self.engine["output_dir"]).resolve()
         summary = {"input_model_metrics": input_metrics, "failures": failures, "steps": self.steps}
-        return write_output_dir(output_dir, ranked, summary)
+        output = write_output_dir(output_dir, ranked, summary)
+        if self.engine.get("packaging_config"):
+            self._package(output, output_dir)
+        return output
+
+    def _package(self, output: WorkflowOutput, output_dir: Path) -> None:
+        """Register assets through a started AzureML system's workspace; without one, write their YAML."""
+        from .packaging import package
+
+        client = next((getattr(s, "client", None) for s in self._started_systems if getattr(s, "client", None)), None)
+        for path in self._guarded("packaging", lambda: package(output, self.engine["packaging_config"], output_dir, client)):
+            self.emit("log", "packaging", message=f"wrote {path}")
 
     def _input_model(self) -> ModelRef:
         spec = self.recipe["input_model"]

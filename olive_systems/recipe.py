@@ -14,10 +14,34 @@ from pathlib import Path
 from .data import DATA_CONFIG_SCHEMA
 from .errors import RecipeError
 from .evaluation.metrics import METRIC_SCHEMA
+from .packaging import PACKAGING_SCHEMA
 from .resources import RESOURCE_SCHEMA, resolve_resource
 
 DEVICES = ["cpu", "gpu", "npu"]
 DEFAULT_SYSTEM = {"type": "LocalSystem", "accelerators": [{"device": "cpu", "execution_providers": ["CPUExecutionProvider"]}]}
+
+
+_WORKSPACE = {
+    "subscription_id": {"type": "string", "description": "AzureMLSystem: Azure subscription id"},
+    "resource_group": {"type": "string", "description": "AzureMLSystem: resource group of the workspace"},
+    "workspace_name": {"type": "string", "description": "AzureMLSystem: AzureML workspace"},
+}
+# Credentials are never keys here: AzureMLSystem uses DefaultAzureCredential (az login, a managed identity, env vars).
+AZUREML_SYSTEM_PROPERTIES = {
+    **_WORKSPACE,
+    "azureml_client": {
+        "type": "object",
+        "description": "AzureMLSystem: the workspace, or a config.json from AzureML studio (config_path)",
+        "properties": {**_WORKSPACE, "config_path": {"type": "string"}},
+        "additionalProperties": False,
+    },
+    "compute": {"type": "string", "description": "AzureMLSystem: compute cluster the jobs run on"},
+    "instance_count": {"type": "integer", "minimum": 1, "default": 1, "description": "AzureMLSystem: nodes per job"},
+    "environment_image": {"type": "string",
+                          "description": "AzureMLSystem: full image reference the compute pulls, e.g. myacr.azurecr.io/olive-systems/cpu:TAG"},
+    "keyvault_name": {"type": "string", "description": "AzureMLSystem: key vault holding the hf-token secret (its name only)"},
+    "experiment_name": {"type": "string", "default": "olive-systems", "description": "AzureMLSystem: experiment of the jobs"},
+}
 
 
 def recipe_schema() -> dict:
@@ -67,7 +91,7 @@ def recipe_schema() -> dict:
                 "additionalProperties": {
                     "type": "object",
                     "properties": {
-                        "type": {"enum": ["LocalSystem", "VenvSystem", "DockerSystem"]},
+                        "type": {"enum": ["LocalSystem", "VenvSystem", "DockerSystem", "AzureMLSystem"]},
                         "accelerators": {
                             "type": "array",
                             "minItems": 1,
@@ -87,15 +111,19 @@ def recipe_schema() -> dict:
                         "python": {"type": "string", "description": "VenvSystem: use this existing interpreter"},
                         "venv_dir": {"type": "string", "description": "VenvSystem: where built venvs are kept"},
                         "can_run_torch": {"type": "boolean", "description": "VenvSystem: torch is installed there"},
-                        "image": {"enum": ["cpu", "openvino", "cuda"], "description": "DockerSystem: image from images/"},
+                        "image": {"enum": ["cpu", "openvino", "cuda"], "description": "DockerSystem, AzureMLSystem: image from images/"},
                         "image_tag": {"type": "string", "description": "DockerSystem: use this tag instead"},
                         "memory_limit": {"type": "string", "description": "DockerSystem: container memory limit, e.g. 4g"},
+                        **AZUREML_SYSTEM_PROPERTIES,
                     },
                     "required": ["type"],
                     "additionalProperties": False,
                     "allOf": [
                         {"if": {"properties": {"type": {"const": "VenvSystem"}}},
                          "then": {"anyOf": [{"required": ["requirements"]}, {"required": ["python"]}]}},
+                        {"if": {"properties": {"type": {"const": "AzureMLSystem"}}},
+                         "then": {"required": ["compute"],
+                                  "anyOf": [{"required": ["workspace_name"]}, {"required": ["azureml_client"]}]}},
                     ],
                 },
             },
@@ -125,6 +153,7 @@ def recipe_schema() -> dict:
                     "clean_cache": {"type": "boolean", "default": False},
                     "evaluate_input_model": {"type": "boolean", "default": True},
                     "log_severity_level": {"type": "integer", "minimum": 0, "maximum": 4, "default": 1},
+                    "packaging_config": PACKAGING_SCHEMA,
                     "shared_cache": {
                         "type": "object",
                         "description": "Azure Blob container in front of which the local cache sits; credentials come "
@@ -268,6 +297,9 @@ def _normalize(raw: dict, base: Path, name: str) -> dict:
     for system_name, system in recipe["systems"].items():
         if system.get("requirements"):
             system["requirements"] = str(resolve_resource(system["requirements"], base, f"{name}: systems.{system_name}.requirements"))
+        client = system.get("azureml_client") or {}
+        if client.get("config_path"):
+            client["config_path"] = str(resolve_resource(client["config_path"], base, f"{name}: systems.{system_name}.azureml_client.config_path"))
     recipe.setdefault("evaluators", {})
     recipe.setdefault("pass_flows", [list(recipe["passes"])])
     engine = recipe.setdefault("engine", {})

@@ -122,13 +122,47 @@ def _run_evaluation(job: dict, out_dir: Path, log) -> dict:
 
 
 
+def apply_path_map(job_path: Path, mapping: list[tuple[str, str]]) -> Path:
+    """Rewrite path prefixes in a job (host folders -> where a remote system mounted them) into a new
+    job file in the parent of its output folder, where result.json is written: the job's own folder
+    may be a read-only mount."""
+    import json
+
+    def rewrite(value):
+        if isinstance(value, str):
+            for old, new in sorted(mapping, key=lambda pair: -len(pair[0])):  # the longest prefix wins
+                if value == old or value.startswith(old.rstrip("/") + "/"):
+                    return new.rstrip("/") + value[len(old.rstrip("/")):]
+        if isinstance(value, dict):
+            return {k: rewrite(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [rewrite(v) for v in value]
+        return value
+
+    job = rewrite(json.loads(Path(job_path).read_text()))
+    out_dir = Path(job["output_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mapped = out_dir.parent / "job.mapped.json"
+    write_json(mapped, job)
+    return mapped
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    mapping = []
+    while len(args) >= 2 and args[0] == "--map":  # --map OLD=NEW, repeatable: for systems that mount folders elsewhere
+        old, sep, new = args[1].partition("=")
+        if not sep or not old or not new:
+            print(f"error: --map wants OLD=NEW, got {args[1]!r}", file=sys.stderr)
+            return 2
+        mapping.append((old, new))
+        args = args[2:]
     if len(args) != 1:
-        print("usage: python -m olive_systems.runner JOB.json", file=sys.stderr)
+        print("usage: python -m olive_systems.runner [--map OLD=NEW ...] JOB.json", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.ERROR)
-    result = run_job_file(args[0])
+    job_path = apply_path_map(Path(args[0]), mapping) if mapping else args[0]
+    result = run_job_file(job_path)
     if result["error"]:
         print(f"error: {result['error']['message']}", file=sys.stderr)
     return 0 if result["status"] == "succeeded" else 1

@@ -4,11 +4,13 @@ Every system has start(mounts), available_providers(), run_job(job_path, timeout
 and stop(); `can_run_torch` says whether PyTorch models can be evaluated there.
 """
 
+from .azureml import AzureMLSystem
 from .docker import DockerSystem
 from .local import LocalSystem
 from .venv import VenvSystem
 
-SYSTEMS = {"LocalSystem": LocalSystem, "VenvSystem": VenvSystem, "DockerSystem": DockerSystem}
+SYSTEMS = {"LocalSystem": LocalSystem, "VenvSystem": VenvSystem, "DockerSystem": DockerSystem,
+           "AzureMLSystem": AzureMLSystem}
 
 
 def make_system(config: dict, name: str):
