@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from ..errors import OliveSystemsError
-from ..job import read_result, write_json
+from ..job import read_result
 from .venv import SOURCE_ROOT
 
 PROVIDERS_PROBE = "import json, onnxruntime as o; print(json.dumps(o.get_available_providers()))"
@@ -98,14 +98,12 @@ class DockerSystem:
         raise OliveSystemsError(f"system '{self.name}': {path} is outside every mount", "keep models in the cache or input folder")
 
     def run_job(self, job_path: Path, timeout_s: float, on_log) -> dict:
-        job = json.loads(Path(job_path).read_text())
-        translated = json.loads(json.dumps(job), object_hook=lambda d: {k: self._translate(v) for k, v in d.items()})
-        container_job = job_path.parent / "job.container.json"
-        write_json(container_job, translated)
+        # The runner rewrites the job's host paths to where this container mounted them (--map).
+        maps = [arg for host, inside in self.mounts.items() for arg in ("--map", f"{host}={inside}")]
         api = self.container.client.api
         started = time.perf_counter()
         exec_id = api.exec_create(self.container.id, ["timeout", "-k", "5", str(max(1, int(timeout_s))), "python", "-m",
-                                                      "olive_systems.runner", self.inside(str(container_job))])["Id"]
+                                                      "olive_systems.runner", *maps, self.inside(str(job_path))])["Id"]
         tail: list[str] = []
         pending = ""
         for chunk in api.exec_start(exec_id, stream=True):
@@ -119,16 +117,8 @@ class DockerSystem:
         if self.container.status != "running":  # an OOM kill can take the container: the next job gets a new one
             self.container.remove(force=True)
             self._launch()
-        return read_result(container_job, tail[-40:], time.perf_counter() - started, exit_code, timeout_s,
+        return read_result(job_path, tail[-40:], time.perf_counter() - started, exit_code, timeout_s,
                            self.config.get("memory_limit", "8g"))
-
-    def _translate(self, value):
-        if isinstance(value, str) and value.startswith("/"):
-            try:
-                return self.inside(value)
-            except OliveSystemsError:
-                return value
-        return value
 
     def stop(self) -> None:
         if self.container is not None:
