@@ -6,7 +6,6 @@ and bert_ptq's wall time through the docker cpu image against the local run.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import statistics

@@ -25,7 +25,7 @@ from .models import ModelRef, folder_sha256
 from .output import WorkflowOutput
 from .output_dir import check_output_dir, write_output_dir
 from .passes import get_pass_class
-from .passes.base import Accelerator, PassContext
+from .passes.base import Accelerator
 from .ranking import goals_of, rank
 from .systems import make_system
 

@@ -286,7 +286,7 @@ def test_live_job_runs_end_to_end(job, tmp_path):
 
 # ---- packaging ----
 
-def ranked_output(tmp_path) -> "WorkflowOutput":
+def ranked_output(tmp_path):
     from olive_systems.models import ModelRef
     from olive_systems.output_dir import write_output_dir
 

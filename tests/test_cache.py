@@ -1,6 +1,5 @@
 """The local cache: full sha256 keys, atomic entries, corruption detected, kills leave nothing usable."""
 
-import os
 import signal
 import subprocess
 import sys

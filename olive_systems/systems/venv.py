@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from ..errors import OliveSystemsError
-from ..job import failed_result, read_result
+from ..job import read_result
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds the olive_systems package
 MARKER = ".olive-systems-complete"
