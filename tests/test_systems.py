@@ -167,6 +167,10 @@ def test_a_failed_venv_install_is_never_reused(tmp_path):
 # ---- failures come back as results; the rest of the workflow completes ----
 
 def faulty_run(tiny_onnx, tmp_path, system: dict, func: str):
+    return olive_systems.run(faulty_recipe(tiny_onnx, tmp_path, system, func))
+
+
+def faulty_recipe(tiny_onnx, tmp_path, system: dict, func: str) -> dict:
     (tmp_path / "faulty.py").write_text(FAULTY_SCRIPT)
     metric = {"name": "faulty", "type": "custom", "data_config": "pairs", "sub_types": [{"name": "x"}],
               "user_config": {"user_script": str(tmp_path / "faulty.py"), "metric_func": func}}
@@ -176,7 +180,7 @@ def faulty_run(tiny_onnx, tmp_path, system: dict, func: str):
     recipe["engine"]["evaluate_input_model"] = False
     recipe["passes"]["dynamic_pt"] = {"type": "OnnxDynamicQuantization", "config": {"per_channel": False}}
     recipe["pass_flows"] = [["dynamic"], ["dynamic_pt"]]
-    return olive_systems.run(recipe)
+    return recipe
 
 
 @pytest.mark.parametrize("func, expected", [("crash", "runner exited with code 3 without a result"),
@@ -231,3 +235,4 @@ def test_docker_openvino_image_really_runs_openvino(tiny_onnx, tmp_path):
     best = output.get_best_candidate()
     assert best.from_execution_provider() == "OpenVINOExecutionProvider"
     assert best.metrics_value["latency-p50"] > 0
+
