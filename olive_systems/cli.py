@@ -138,7 +138,7 @@ def cmd_cache(args) -> int:
         cutoff = time.time() - args.older_than * 86400
         old = [e for e in local if json.loads((e.path / "manifest.json").read_text())["created"] < cutoff]
         for entry in old:
-            cache._discard(entry.path)
+            cache.discard(entry.path)
         print(f"pruned {len(old)} of {len(local)} entries")
     elif args.action in ("push", "pull"):
         if remote is None:

@@ -48,6 +48,7 @@ class Engine:
         self._memo: dict[str, tuple[ModelRef, bool]] = {}
         self._pending: dict[str, tuple] = {}  # entry folder -> (shared entry not yet downloaded, recompute)
         self._data_cache: dict = {}
+        self._fingerprints: dict[str, str] = {}
 
     def _shared_cache(self):
         shared = self.engine.get("shared_cache")
@@ -156,7 +157,7 @@ class Engine:
             "inference_settings": model.inference_settings,
             "type": entry["type"],
             "config": config,
-            "data": {name: data_mod.fingerprint(self.recipe["data_configs"][name])
+            "data": {name: self._fingerprint(name)
                      for name in [config.get("data_config")] if name},
             "accelerator": accelerator.to_dict() if pass_cls.accelerator_dependent else None,
             "system": self.systems[entry.get("host") or self.engine["host"]].fingerprint(pass_cls.depends_on),
@@ -283,6 +284,12 @@ class Engine:
                     if step["key"] == entry.key:
                         step.update(cached=False, source="computed")
 
+    def _fingerprint(self, name: str) -> str:
+        """A data config's content hash, read once per run however many keys use it."""
+        if name not in self._fingerprints:
+            self._fingerprints[name] = data_mod.fingerprint(self.recipe["data_configs"][name])
+        return self._fingerprints[name]
+
     def _load_data(self, name: str, model: ModelRef):
         """Tokenized batches of a data config for a model, made here on the host (memoized)."""
         key = (name, model.path)
@@ -305,7 +312,7 @@ class Engine:
             "model_type": model.type,
             "inference_settings": model.inference_settings,
             "metrics": self.metrics,
-            "data": {name: data_mod.fingerprint(self.recipe["data_configs"][name]) for name in used},
+            "data": {name: self._fingerprint(name) for name in used},
             "accelerator": accelerator.to_dict(),
             "reference": reference.get("__key__") if reference else None,
             "system": self.systems[self._evaluation_system(model)].fingerprint(("onnxruntime", "torch", "transformers")),

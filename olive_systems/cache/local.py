@@ -67,7 +67,7 @@ class LocalCache:
             problem = f"unreadable manifest ({exc})"
         if problem:
             self.warn(f"cache entry {kind}/{key[:12]} is corrupt ({problem}); removed, recomputing")
-            self._discard(path)
+            self.discard(path)
             return None
         return Entry(kind, key, path, manifest["meta"])
 
@@ -171,7 +171,7 @@ class LocalCache:
         for kind in (*KINDS, "tmp", "jobs"):
             shutil.rmtree(self.root / kind, ignore_errors=True)
 
-    def _discard(self, path: Path) -> None:
+    def discard(self, path: Path) -> None:
         # Rename first so no reader sees a half-deleted entry.
         trash = self.root / "tmp" / f"trash-{uuid.uuid4().hex}"
         trash.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,6 @@ METRIC_TYPES = {
     "fidelity": {"cosine_mean": True, "cosine_min": True, "max_abs_diff": False},
     "custom": {},
 }
-DATA_FREE_TYPES = ("latency", "throughput")  # may time dummy inputs of an ONNX model
 GOAL_TYPES = ("threshold", "max-degradation", "min-improvement", "percent-max-degradation", "percent-min-improvement")
 
 METRIC_SCHEMA = {
