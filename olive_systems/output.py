@@ -20,6 +20,10 @@ class ModelOutput:
         self.meets_goals: bool = data.get("meets_goals", True)
         self.missed_goals: list = data.get("missed_goals", [])
         self.run_history: list = data.get("run_history", [])
+        # On the Pareto front of the priority metrics: no other candidate is at least as good on all of them.
+        self.pareto: bool = data.get("pareto", False)
+        # The ONNX Runtime package that evaluated it, e.g. {"package": "onnxruntime-openvino", "version": "1.24.1"}.
+        self.runtime: dict | None = data.get("runtime")
 
     @property
     def metrics_value(self) -> dict:
@@ -44,7 +48,8 @@ class ModelOutput:
         return self.model_config.get("config", {}).get("inference_settings")
 
     def to_dict(self) -> dict:
-        return dict(self._data, rank=self.rank, meets_goals=self.meets_goals, missed_goals=self.missed_goals)
+        return dict(self._data, rank=self.rank, meets_goals=self.meets_goals, missed_goals=self.missed_goals,
+                    pareto=self.pareto)
 
     def __repr__(self) -> str:
         return f"ModelOutput({self.model_id!r}, rank={self.rank}, metrics={self.metrics_value})"

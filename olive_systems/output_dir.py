@@ -62,6 +62,8 @@ def write_output_dir(output_dir: Path, ranked: list[dict], summary: dict) -> Wor
                 "rank": candidate["rank"],
                 "meets_goals": candidate["meets_goals"],
                 "missed_goals": candidate["missed_goals"],
+                "pareto": candidate.get("pareto", False),
+                "runtime": candidate.get("runtime"),
                 "run_history": candidate["history"],
             }
             _dump(folder / "inference_config.json", settings)

@@ -27,18 +27,41 @@ def missed_goals(metrics: dict, goals: dict, baseline: dict | None) -> list[str]
 
 
 def sort_key(metrics: dict, missed: list) -> tuple:
-    ranked = sorted((entry["priority"], key) for key, entry in metrics.items() if entry.get("priority", -1) > 0)
     values = tuple(-metrics[key]["value"] if metrics[key]["higher_is_better"] else metrics[key]["value"]
-                   for _, key in ranked)
+                   for key in priority_metrics(metrics))
     return (bool(missed), values)
 
 
+def priority_metrics(metrics: dict) -> list[str]:
+    """The metric keys that rank, highest priority first."""
+    return [key for _, key in sorted((entry["priority"], key) for key, entry in metrics.items()
+                                     if entry.get("priority", -1) > 0)]
+
+
+def pareto_front(candidates: list[dict]) -> list[dict]:
+    """Candidates no other candidate dominates on the priority metrics (as good on all, better on one)."""
+    def oriented(candidate):
+        metrics = candidate["metrics"]
+        return [metrics[key]["value"] if metrics[key]["higher_is_better"] else -metrics[key]["value"]
+                for key in keys]
+
+    scored = [c for c in candidates if c["metrics"]]
+    keys = [k for k in priority_metrics(scored[0]["metrics"]) if all(k in c["metrics"] for c in scored)] if scored else []
+    if not keys:
+        return []
+    points = [(candidate, oriented(candidate)) for candidate in scored]
+    return [c for c, p in points
+            if not any(all(a >= b for a, b in zip(q, p)) and any(a > b for a, b in zip(q, p)) for _, q in points)]
+
+
 def rank(candidates: list[dict], goals: dict, baseline: dict | None) -> list[dict]:
-    """Sets rank, meets_goals and missed_goals on each candidate dict; returns them in rank order."""
+    """Sets rank, meets_goals, missed_goals and pareto on each candidate dict; returns them in rank order."""
     for candidate in candidates:
         candidate["missed_goals"] = missed_goals(candidate["metrics"], goals, baseline)
         candidate["meets_goals"] = not candidate["missed_goals"]
     ordered = sorted(candidates, key=lambda c: sort_key(c["metrics"], c["missed_goals"]))
+    front = {id(c) for c in pareto_front(candidates)}
     for position, candidate in enumerate(ordered, start=1):
         candidate["rank"] = position
+        candidate["pareto"] = id(candidate) in front
     return ordered

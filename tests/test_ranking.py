@@ -45,3 +45,10 @@ def test_goal_types():
     assert not meets_goal({"type": "percent-min-improvement", "value": 50}, 11, 20, False)
     assert meets_goal({"type": "percent-max-degradation", "value": 1}, 0.895, 0.90, True)
     assert not meets_goal({"type": "percent-max-degradation", "value": 1}, 0.89, 0.90, True)
+
+
+def test_pareto_front_keeps_every_trade_off_and_drops_dominated_candidates():
+    ranked = rank([candidate("fast", 10, 0.85), candidate("accurate", 20, 0.92), candidate("balanced", 15, 0.90),
+                   candidate("dominated", 16, 0.89), candidate("twin_of_fast", 10, 0.85)], goals_of(METRICS), BASELINE)
+    front = {c["model_id"] for c in ranked if c["pareto"]}
+    assert front == {"fast", "accurate", "balanced", "twin_of_fast"}  # equal points do not dominate each other
