@@ -18,6 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--clean-cache", action="store_true", help="empty the cache first")
     run.add_argument("--account-name", help="Azure storage account of the shared cache")
     run.add_argument("--container-name", help="Azure Blob container of the shared cache")
+    run.add_argument("--max-concurrency", type=int, metavar="N",
+                     help="override engine.max_concurrency: candidates run side by side")
     run.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="show tracebacks and pass logs")
 
     validate = commands.add_parser("validate", help="check a recipe against the schema without running it")
@@ -25,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = commands.add_parser("schema", help="print the recipe JSON Schema (pass configs included)")
     schema.add_argument("--output-dir", help="write recipe, job and result schemas into this folder instead")
+
+    report = commands.add_parser("report", help="(re)write report.html of a run's output folder")
+    report.add_argument("output_dir", help="the output folder of a finished run (holds workflow_output.json)")
 
     cache = commands.add_parser("cache", help="list, show, prune, push, pull or clear cache entries")
     cache.add_argument("action", choices=["list", "show", "prune", "push", "pull", "clear"])
@@ -66,7 +71,7 @@ def cmd_run(args) -> int:
     # Libraries (the ORT quantizer above all) log warnings by the hundred; --verbose shows them.
     logging.basicConfig(level=logging.WARNING if args.verbose else logging.ERROR)
     recipe = apply_overrides(load_recipe(args.config), args.output_dir, args.cache_dir, args.clean_cache,
-                             args.account_name, args.container_name)
+                             args.account_name, args.container_name, args.max_concurrency)
     with Progress(verbose=args.verbose) as progress:
         output = Engine(recipe, progress.on_event).run()
     print_summary(output)
@@ -157,4 +162,11 @@ def cmd_cache(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "schema": cmd_schema, "cache": cmd_cache}
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    print(write_report(args.output_dir))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "schema": cmd_schema, "cache": cmd_cache, "report": cmd_report}

@@ -1,7 +1,9 @@
-"""The engine: runs each pass flow through the cache, evaluates every candidate, ranks and writes.
+"""The engine: searches each pass flow on each accelerator, evaluates every candidate, ranks and writes.
 
 Every pass run and every evaluation is keyed by a full sha256 of what determines its result, so a
-re-run of the same recipe computes nothing and says so.
+re-run of the same recipe computes nothing and says so. Candidates run side by side up to
+engine.max_concurrency; a measurement (latency, throughput, session tuning) on this machine waits
+until it has the machine to itself (MachineLock).
 """
 
 from __future__ import annotations
@@ -11,7 +13,11 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -19,15 +25,30 @@ import numpy as np
 
 from . import data as data_mod
 from .cache import LocalCache, make_key
-from .errors import OliveSystemsError, PassError
+from .concurrency import MachineLock, SingleFlight
+from .errors import OliveSystemsError, PassError, SystemUnavailable
+from .evaluation.metrics import TIMING_METRICS
 from .job import CONTRACT_VERSION, RESULT_SCHEMA, JobError, check, save_batches, write_json
 from .models import ModelRef, folder_sha256
 from .output import WorkflowOutput
 from .output_dir import check_output_dir, write_output_dir
 from .passes import get_pass_class
 from .passes.base import Accelerator
-from .ranking import goals_of, rank
+from .ranking import goals_of, missed_goals, rank, sort_key
+from .search import Search
 from .systems import make_system
+
+
+@dataclass
+class Target:
+    """An accelerator and the system its EP-dependent passes and evaluations run on."""
+
+    accelerator: Accelerator
+    system: str
+    index: int
+
+    def label(self, name: str, several: bool) -> str:
+        return f"{name}_{self.accelerator.short}" if several else name
 
 
 class Engine:
@@ -39,16 +60,29 @@ class Engine:
                                 remote=self._shared_cache())
         self.systems = {name: make_system(cfg, name) for name, cfg in recipe["systems"].items()}
         self._started_systems: list = []
-        target = recipe["systems"][self.engine["target"]]
-        self.accelerators = [Accelerator(acc["device"], ep) for acc in target.get("accelerators", [{"device": "cpu"}])
-                             for ep in acc.get("execution_providers", ["CPUExecutionProvider"])]
+        targets = self.engine["target"] if isinstance(self.engine["target"], list) else [self.engine["target"]]
+        self.targets = [Target(Accelerator(acc["device"], ep), name, 0) for name in targets
+                        for acc in recipe["systems"][name].get("accelerators", [{"device": "cpu"}])
+                        for ep in acc.get("execution_providers", ["CPUExecutionProvider"])]
+        for index, target in enumerate(self.targets):
+            target.index = index
+        self.several = len(self.targets) > 1
         evaluator = self.engine.get("evaluator")
         self.metrics = recipe["evaluators"][evaluator]["metrics"] if evaluator else []
         self.steps: list[dict] = []
+        self.jobs: list[dict] = []  # when each job ran, and whether it had the machine to itself
+        self._started = time.perf_counter()
         self._memo: dict[str, tuple[ModelRef, bool]] = {}
+        self._failed: dict[str, OliveSystemsError] = {}  # pass runs that failed in this run: not tried again
         self._pending: dict[str, tuple] = {}  # entry folder -> (shared entry not yet downloaded, recompute)
         self._data_cache: dict = {}
         self._fingerprints: dict[str, str] = {}
+        # Jobs run on pool threads: these keep shared state and the machine orderly.
+        self._lock = threading.RLock()
+        self.machine = MachineLock()
+        self.flights = SingleFlight()
+        self._slots = {name: threading.Semaphore(getattr(system, "max_parallel_jobs", 1 << 30))
+                       for name, system in self.systems.items()}
 
     def _shared_cache(self):
         shared = self.engine.get("shared_cache")
@@ -60,12 +94,17 @@ class Engine:
                           shared.get("connection_string_env", DEFAULT_CONNECTION_ENV))
 
     def emit(self, kind: str, name: str, **fields) -> None:
-        self.on_event({"kind": kind, "name": name, **fields})
+        with self._lock:
+            self.on_event({"kind": kind, "name": name, **fields})
 
     # ---- the run ----
 
     def run(self) -> WorkflowOutput:
         check_output_dir(Path(self.engine["output_dir"]).resolve())
+        if self.engine.get("packaging_config"):  # what packaging will need is checked before any work
+            from .packaging import check_packaging
+
+            check_packaging(self.engine["packaging_config"])
         if self.engine["clean_cache"]:
             self.cache.clear()
         self.cache.sweep()
@@ -74,50 +113,119 @@ class Engine:
         try:
             return self._run_all(input_model)
         finally:
-            for system in self._started_systems:
-                system.stop()
+            self._stop_systems()
 
     def _run_all(self, input_model: ModelRef) -> WorkflowOutput:
-        accelerators = self.accelerators
-        candidates, failures, input_metrics = [], [], None
-        for accelerator in accelerators:
-            reference = None
-            if self.metrics and self.engine["evaluate_input_model"]:
-                input_metrics, reference, _ = self._evaluate("input model", input_model, accelerator, None)
-            for flow in self.recipe["pass_flows"]:
-                flow_id = "-".join(flow) + (f"_{accelerator.short}" if len(accelerators) > 1 else "")
-                try:
-                    model, history = self._run_flow(flow, input_model, accelerator)
-                    metrics = self._evaluate(flow_id, model, accelerator, reference)[0] if self.metrics else {}
-                except OliveSystemsError as exc:
-                    failures.append({"model_id": flow_id, "error": exc.message, "fix": exc.fix,
-                                     "log_tail": getattr(exc, "log_tail", []),
-                                     "device": accelerator.device, "execution_provider": accelerator.execution_provider})
-                    self.emit("failed", flow_id, error=str(exc))
-                    continue
-                candidates.append({"model_id": flow_id, "model": model, "history": history, "metrics": metrics,
-                                   "device": accelerator.device, "execution_provider": accelerator.execution_provider})
+        with ThreadPoolExecutor(self.engine["max_concurrency"], thread_name_prefix="olive-job") as pool:
+            try:
+                baselines = self._evaluate_input(pool, input_model)
+                candidates, failures = self._search(pool, input_model, baselines)
+            except BaseException:
+                self._stop_systems()  # ends running jobs, so the pool drains at once
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
         for candidate in candidates:  # a candidate from the shared cache is downloaded now, for the output
             self._guarded(f"fetching {candidate['model_id']}", lambda: self._materialize(candidate["model"]))
+        input_metrics = baselines[0][0] if baselines else None
         ranked = rank(candidates, goals_of(self.metrics), input_metrics)
         output_dir = Path(self.engine["output_dir"]).resolve()
-        summary = {"input_model_metrics": input_metrics, "failures": failures, "steps": self.steps}
+        summary = {"input_model_metrics": input_metrics, "failures": failures, "steps": self.steps, "jobs": self.jobs}
+        if self.several:
+            summary["input_model_metrics_by_accelerator"] = {t.accelerator.short: baselines[t.index][0] for t in self.targets}
         output = write_output_dir(output_dir, ranked, summary)
         if self.engine.get("packaging_config"):
             self._package(output, output_dir)
         return output
+
+    def _evaluate_input(self, pool: ThreadPoolExecutor, input_model: ModelRef) -> list[tuple]:
+        """(metrics, reference) of the input model per target: what goals and fidelity compare against."""
+        if not (self.metrics and self.engine["evaluate_input_model"]):
+            return [(None, None)] * len(self.targets)
+        futures = [pool.submit(self._evaluate, target.label("input model", self.several), input_model, target, None)
+                   for target in self.targets]
+        return [future.result()[:2] for future in futures]
+
+    def _search(self, pool: ThreadPoolExecutor, input_model: ModelRef, baselines: list[tuple]):
+        """Ask every search for trials while there is room, run them on the pool, tell the results back."""
+        goals = goals_of(self.metrics)
+        searches = [(Search(flow, self.recipe["passes"], self.engine.get("search_strategy"),
+                            lambda c: sort_key(c["metrics"], c["missed_goals"]), bool(goals)), target, flow_index)
+                    for target in self.targets for flow_index, flow in enumerate(self.recipe["pass_flows"])]
+        limit, running, candidates, failures = self.engine["max_concurrency"], {}, [], []
+        while True:
+            asked = True
+            while asked and len(running) < limit:  # round robin, so every search gets its turn
+                asked = False
+                for search, target, flow_index in searches:
+                    trial = search.ask() if len(running) < limit else None
+                    if trial is not None:
+                        future = pool.submit(self._candidate, input_model, search, trial, target, baselines[target.index])
+                        running[future] = (search, trial, target, flow_index)
+                        asked = True
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                search, trial, target, flow_index = running.pop(future)
+                outcome = future.result()  # a system that cannot run anything stops the run here
+                outcome["order"] = (target.index, flow_index, trial.number)
+                (failures if "error" in outcome else candidates).append(outcome)
+                search.tell(trial, None if "error" in outcome else outcome)
+        order = lambda item: item.pop("order")  # noqa: E731 - results arrive in any order; output does not
+        return sorted(candidates, key=order), sorted(failures, key=order)
+
+    def _candidate(self, input_model: ModelRef, search: Search, trial, target: Target, baseline: tuple) -> dict:
+        """Run one trial's flow and evaluate its model: a candidate, or a failure record."""
+        flow = search.flow[:trial.upto]
+        name = "-".join(flow) + (f"_{trial.number}" if search.searched else "")
+        model_id = target.label(name, self.several)
+        accelerator = target.accelerator
+        try:
+            model, history = self._run_flow(flow, input_model, target, trial.point)
+            metrics, _, runtime = self._evaluate(model_id, model, target, baseline[1]) if self.metrics else ({}, None, None)
+        except SystemUnavailable:
+            raise
+        except OliveSystemsError as exc:
+            self.emit("failed", model_id, error=str(exc))
+            return {"model_id": model_id, "error": exc.message, "fix": exc.fix, "log_tail": getattr(exc, "log_tail", []),
+                    "device": accelerator.device, "execution_provider": accelerator.execution_provider,
+                    "search_point": _point_text(trial.values)}
+        missed = missed_goals(metrics, goals_of(self.metrics), baseline[0])
+        return {"model_id": model_id, "model": model, "history": history, "metrics": metrics, "baseline": baseline[0],
+                "missed_goals": missed, "meets_goals": not missed, "device": accelerator.device,
+                "execution_provider": accelerator.execution_provider, "system": target.system, "runtime": runtime,
+                "search_point": _point_text(trial.values)}
+
+    def _stop_systems(self) -> None:
+        while self._started_systems:
+            system = self._started_systems.pop()
+            try:
+                system.stop()
+            except Exception as exc:  # the run's own outcome (or error) is what to report; this is a warning
+                self.emit("warning", f"stopping system '{system.name}' failed: {type(exc).__name__}: {exc}")
 
     def _package(self, output: WorkflowOutput, output_dir: Path) -> None:
         """Register assets through a started AzureML system's workspace; without one, write their YAML."""
         from .packaging import package
 
         client = next((getattr(s, "client", None) for s in self._started_systems if getattr(s, "client", None)), None)
-        for path in self._guarded("packaging", lambda: package(output, self.engine["packaging_config"], output_dir, client)):
+        def work():
+            return package(output, self.engine["packaging_config"], output_dir, client,
+                           warn=lambda message: self.emit("warning", message))
+
+        for path in self._guarded("packaging", work):
             self.emit("log", "packaging", message=f"wrote {path}")
 
     def _input_model(self) -> ModelRef:
         spec = self.recipe["input_model"]
-        path = Path(spec["model_path"])
+        source = spec["model_path"] if spec["model_path"].startswith("azureml:") else None
+        if source:  # an AzureML asset: downloaded once into the cache, reused offline after
+            from .azureml_assets import fetch_remote_model, job_input_reference, workspace_for
+
+            path = self._guarded("downloading the input model",
+                                 lambda: fetch_remote_model(source, self.cache.root, workspace_for(source, self.recipe)))
+        else:
+            path = Path(spec["model_path"])
         folder = path if path.is_dir() else path.parent
         # The model script and io config shape the export, so they are part of the model's identity.
         extra = json.dumps({k: spec.get(k) for k in ("io_config", "dummy_inputs_func", "task")}, sort_keys=True).encode()
@@ -127,6 +235,7 @@ class Engine:
             type=spec["type"], path=str(folder), hash="", task=spec.get("task"), model_script=spec.get("model_script"),
             io_config=spec.get("io_config"), dummy_inputs_func=spec.get("dummy_inputs_func"),
             inference_settings=spec.get("inference_settings"),
+            source_reference=job_input_reference(folder) if source else None,
         )
         if spec["type"] == "OnnxModel" and path.is_file() and path.name != "model.onnx":
             raise OliveSystemsError(f"input_model.model_path: ONNX model files must be named model.onnx ({path.name})",
@@ -134,19 +243,25 @@ class Engine:
         model.hash = folder_sha256(folder, extra)
         return model
 
-    def _run_flow(self, flow: list[str], model: ModelRef, accelerator: Accelerator) -> tuple[ModelRef, list[dict]]:
+    def _run_flow(self, flow: list[str], model: ModelRef, target: Target, point: dict) -> tuple[ModelRef, list[dict]]:
+        """point: the searched settings of this trial, pass name -> {param: value}."""
         history, parent_id = [], f"input_model-{model.hash[:8]}"
         for index, pass_name in enumerate(flow):
             entry = self.recipe["passes"][pass_name]
-            model, step = self._run_pass(pass_name, entry, model, accelerator)
+            if pass_name in point:
+                entry = dict(entry, config={**(entry.get("config") or {}), **point[pass_name]})
+            model, step = self._run_pass(pass_name, entry, model, target)
             model_id = f"{index}_{entry['type']}-{step['key'][:8]}"
             history.append({"model_id": model_id, "parent_model_id": parent_id, "pass": pass_name, "type": entry["type"],
                             **step})
             parent_id = model_id
         return model, history
 
-    def _run_pass(self, pass_name: str, entry: dict, model: ModelRef, accelerator: Accelerator):
+    def _run_pass(self, pass_name: str, entry: dict, model: ModelRef, target: Target):
         pass_cls = get_pass_class(entry["type"])
+        accelerator = target.accelerator
+        # An EP-dependent pass runs where its accelerator is; conversion and the like on the host.
+        system_name = entry.get("host") or (target.system if pass_cls.accelerator_dependent else self.engine["host"])
         config = pass_cls.resolve_config(entry.get("config"))
         if model.type not in pass_cls.input_types:
             raise PassError(f"pass '{pass_name}' ({entry['type']}) takes {'/'.join(pass_cls.input_types)}, got {model.type}",
@@ -160,18 +275,30 @@ class Engine:
             "data": {name: self._fingerprint(name)
                      for name in [config.get("data_config")] if name},
             "accelerator": accelerator.to_dict() if pass_cls.accelerator_dependent else None,
-            "system": self.systems[entry.get("host") or self.engine["host"]].fingerprint(pass_cls.depends_on),
+            "system": self.systems[system_name].fingerprint(pass_cls.depends_on),
         })
-        if key in self._memo:
-            result, cached = self._memo[key]
-            return result, {"config": config, "key": key, "cached": cached, "seconds": 0.0}
+        with self.flights.lock(key):  # a pass two trials share runs once, and fails once
+            if key in self._failed:
+                raise self._failed[key]
+            if key in self._memo:
+                result, cached = self._memo[key]
+                return result, {"config": config, "key": key, "cached": cached, "seconds": 0.0}
+            try:
+                return self._run_pass_once(pass_name, entry, pass_cls, config, key, model, accelerator, system_name)
+            except SystemUnavailable:
+                raise
+            except OliveSystemsError as exc:
+                self._failed[key] = exc
+                raise
+
+    def _run_pass_once(self, pass_name, entry, pass_cls, config, key, model, accelerator, system_name):
         started = time.perf_counter()
-        system_name = entry.get("host") or self.engine["host"]
         job = {"kind": "pass", "pass": {"name": pass_name, "type": entry["type"], "config": config}}
         data_names = [config["data_config"]] if config.get("data_config") else []
 
         def build(folder: Path) -> dict:
-            result, job_dir = self._dispatch(system_name, job, model, accelerator, data_names, None, pass_name)
+            result, job_dir = self._dispatch(system_name, job, model, accelerator, data_names, None, pass_name,
+                                             exclusive=pass_cls.measures_timing)
             os.rename(job_dir / "output" / result["output_model"]["path"], folder / "model")
             shutil.rmtree(job_dir, ignore_errors=True)
             return {"model": result["output_model"], "pass": pass_name, "type": entry["type"],
@@ -186,7 +313,8 @@ class Engine:
         if not cached:
             hit = compute()
         elif hit.pending:  # a shared entry: its files are fetched only if something needs them
-            self._pending[str(hit.path)] = (hit, compute)
+            with self._lock:
+                self._pending[str(hit.path)] = (hit, compute)
         result = ModelRef.from_dict(hit.meta["model"])
         result = result.relocated(hit.path / result.path)
         seconds = round(time.perf_counter() - started, 3)
@@ -199,20 +327,24 @@ class Engine:
     # ---- jobs ----
 
     def _system(self, name: str):
+        """A started system; one that cannot start, or lacks an EP it should have, stops the run."""
         system = self.systems[name]
-        if system not in self._started_systems:
-            mounts = {"cache": self.cache.root.resolve(), "jobs": self._jobs_root(), "input": self._input_folder}
-            self._started_systems.append(system)  # stopped at the end even if its start fails half-way
-            self._guarded(f"starting system '{name}'", lambda: system.start(mounts))
-            wanted = {ep for acc in self.recipe["systems"][name].get("accelerators", [])
-                      for ep in acc.get("execution_providers", [])}
-            if name == self.engine["target"]:
-                wanted |= {acc.execution_provider for acc in self.accelerators}
-            available = self._guarded(f"probing system '{name}'", system.available_providers)
-            missing = sorted(wanted - set(available))
-            if missing:
-                raise OliveSystemsError(f"system '{name}' lacks {missing} (it has {available})",
-                                        "use the image / environment built for that execution provider")
+        with self._lock:
+            if system not in self._started_systems:
+                mounts = {"cache": self.cache.root.resolve(), "jobs": self._jobs_root(), "input": self._input_folder}
+                self._started_systems.append(system)  # stopped at the end even if its start fails half-way
+                try:
+                    self._guarded(f"starting system '{name}'", lambda: system.start(mounts))
+                    available = self._guarded(f"probing system '{name}'", system.available_providers)
+                except OliveSystemsError as exc:
+                    raise SystemUnavailable(exc.message, exc.fix) from exc
+                wanted = {ep for acc in self.recipe["systems"][name].get("accelerators", [])
+                          for ep in acc.get("execution_providers", [])}
+                wanted |= {t.accelerator.execution_provider for t in self.targets if t.system == name}
+                missing = sorted(wanted - set(available))
+                if missing:
+                    raise SystemUnavailable(f"system '{name}' lacks {missing} (it has {available})",
+                                            "use the image / environment built for that execution provider")
         return system
 
     def _jobs_root(self) -> Path:
@@ -221,8 +353,9 @@ class Engine:
         return root
 
     def _dispatch(self, system_name: str, job: dict, model: ModelRef, accelerator: Accelerator,
-                  data_names: list[str], reference: dict | None, label: str) -> tuple[dict, Path]:
-        """Write a job (data as .npz, user scripts copied in), run it on a system, check its result."""
+                  data_names: list[str], reference: dict | None, label: str, exclusive: bool) -> tuple[dict, Path]:
+        """Write a job (data as .npz, user scripts copied in), run it on a system, check its result.
+        An exclusive job (a measurement) runs only when nothing else runs on this machine."""
         self._materialize(model)
         system = self._system(system_name)
         job_dir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=self._jobs_root()))
@@ -241,7 +374,13 @@ class Engine:
                     "reference": str(job_dir / "reference.npz") if reference is not None else None,
                     "output_dir": str(job_dir / "output"), "timeout_s": timeout}
         write_json(job_dir / "job.json", document)
-        result = system.run_job(job_dir / "job.json", timeout, lambda line: self.emit("log", label, message=line))
+        on_this_machine = self.machine.hold(exclusive) if not getattr(system, "remote", False) else nullcontext()
+        with on_this_machine, self._slots[system_name]:
+            began = time.perf_counter()
+            result = system.run_job(job_dir / "job.json", timeout, lambda line: self.emit("log", label, message=line))
+            self.jobs.append({"label": label, "kind": job["kind"], "system": system_name, "exclusive": exclusive,
+                              "start_s": round(began - self._started, 4),
+                              "end_s": round(time.perf_counter() - self._started, 4)})
         check(result, RESULT_SCHEMA, "result")
         if result["status"] != "succeeded":
             shutil.rmtree(job_dir, ignore_errors=True)
@@ -276,8 +415,10 @@ class Engine:
 
     def _materialize(self, model: ModelRef) -> None:
         """Make sure a model's files are here: download a shared entry, or recompute it if it is corrupt."""
-        for folder in [f for f in self._pending if model.path == f or model.path.startswith(f + os.sep)]:
-            entry, recompute = self._pending.pop(folder)
+        with self._lock:
+            found = [(f, self._pending.pop(f)) for f in list(self._pending)
+                     if model.path == f or model.path.startswith(f + os.sep)]
+        for _folder, (entry, recompute) in found:
             if not self.cache.materialize(entry):
                 recompute()
                 for step in self.steps:
@@ -286,60 +427,88 @@ class Engine:
 
     def _fingerprint(self, name: str) -> str:
         """A data config's content hash, read once per run however many keys use it."""
-        if name not in self._fingerprints:
-            self._fingerprints[name] = data_mod.fingerprint(self.recipe["data_configs"][name])
-        return self._fingerprints[name]
+        with self._lock:
+            if name not in self._fingerprints:
+                self._fingerprints[name] = data_mod.fingerprint(self.recipe["data_configs"][name])
+            return self._fingerprints[name]
 
     def _load_data(self, name: str, model: ModelRef):
         """Tokenized batches of a data config for a model, made here on the host (memoized)."""
         key = (name, model.path)
         self._materialize(model)
-        if key not in self._data_cache:
-            self._data_cache[key] = data_mod.load_batches(self.recipe["data_configs"][name], Path(model.path))
-        return self._data_cache[key]
+        with self._lock:
+            if key not in self._data_cache:
+                self._data_cache[key] = data_mod.load_batches(self.recipe["data_configs"][name], Path(model.path))
+            return self._data_cache[key]
 
-    def _evaluation_system(self, model: ModelRef) -> str:
-        if model.type == "HfModel" and not self.systems[self.engine["target"]].can_run_torch:
+    def _evaluation_system(self, model: ModelRef, target: Target) -> str:
+        if model.type == "HfModel" and not self.systems[target.system].can_run_torch:
             return self.engine["host"]  # torch models are evaluated where torch is
-        return self.engine["target"]
+        return target.system
 
-    def _evaluate(self, label: str, model: ModelRef, accelerator: Accelerator, reference: dict | None):
-        """Returns (metrics, reference artifacts, cached)."""
-        used = sorted({m["data_config"] for m in self.metrics if m.get("data_config")})
+    def _evaluate(self, label: str, model: ModelRef, target: Target, reference: dict | None):
+        """Returns (metrics, reference artifacts, runtime). Quality metrics and timing metrics are two
+        jobs: the first may share the machine, the second must not (it would measure its neighbours)."""
+        metrics, artifacts, runtime = {}, {}, None
+        timing = [m for m in self.metrics if m["type"] in TIMING_METRICS]
+        quality = [m for m in self.metrics if m["type"] not in TIMING_METRICS]
+        for group, exclusive in ((quality, False), (timing, True)):
+            if group:
+                values, stored, runtime = self._evaluate_group(label, model, target, group, None if exclusive else reference,
+                                                               exclusive)
+                metrics.update(values)
+                artifacts = artifacts or stored
+        order = [f"{m['name']}-{sub['name']}" for m in self.metrics for sub in m["sub_types"]]
+        metrics = dict(sorted(metrics.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+        return metrics, artifacts, runtime
+
+    def _evaluate_group(self, label: str, model: ModelRef, target: Target, metrics: list[dict], reference: dict | None,
+                        exclusive: bool):
+        used = sorted({m["data_config"] for m in metrics if m.get("data_config")})
+        system_name = self._evaluation_system(model, target)
         key = make_key({
             "kind": "evaluation",
             "model": model.hash,
             "model_type": model.type,
             "inference_settings": model.inference_settings,
-            "metrics": self.metrics,
+            "metrics": metrics,
             "data": {name: self._fingerprint(name) for name in used},
-            "accelerator": accelerator.to_dict(),
+            "accelerator": target.accelerator.to_dict(),
             "reference": reference.get("__key__") if reference else None,
-            "system": self.systems[self._evaluation_system(model)].fingerprint(("onnxruntime", "torch", "transformers")),
+            "system": self.systems[system_name].fingerprint(("onnxruntime", "torch", "transformers")),
         })
+        step = "timing" if exclusive else "evaluation"
         started = time.perf_counter()
         hit = self.cache.get("evaluations", key)
         if hit is not None and hit.pending and not self.cache.materialize(hit):
             hit = None  # a corrupt shared evaluation: evaluate again
         cached = hit is not None
         if not cached:
-            self.emit("start", label, step="evaluation")
-            system_name = self._evaluation_system(model)
+            self.emit("start", label, step=step)
 
             def build(folder: Path) -> dict:
-                result, job_dir = self._dispatch(system_name, {"kind": "evaluation", "metrics": self.metrics}, model,
-                                                 accelerator, used, reference, label)
+                result, job_dir = self._dispatch(system_name, {"kind": "evaluation", "metrics": metrics}, model,
+                                                 target.accelerator, used, reference, label, exclusive=exclusive)
                 os.rename(job_dir / "output" / result["artifacts"], folder / "artifacts.npz")
                 shutil.rmtree(job_dir, ignore_errors=True)
-                return {"metrics": result["metrics"], "model": label, "system": system_name}
+                return {"metrics": result["metrics"], "model": label, "system": system_name,
+                        "runtime": result.get("runtime")}
 
             hit = self._guarded(f"evaluation of {label}", lambda: self.cache.put("evaluations", key, build))
         with np.load(hit.path / "artifacts.npz") as stored:
             artifacts = {name: stored[name] for name in stored.files}
         artifacts["__key__"] = key
         seconds = round(time.perf_counter() - started, 3)
-        self.steps.append({"step": "evaluation", "name": label, "key": key, "cached": cached, "source": hit.source,
+        self.steps.append({"step": step, "name": label, "key": key, "cached": cached, "source": hit.source,
                            "seconds": seconds})
-        self.emit("cached" if cached else "done", label, step="evaluation", seconds=seconds, source=hit.source,
+        self.emit("cached" if cached else "done", label, step=step, seconds=seconds, source=hit.source,
                   metrics={k: v["value"] for k, v in hit.meta["metrics"].items()})
-        return hit.meta["metrics"], artifacts, cached
+        runtime = hit.meta.get("runtime") or {}
+        return hit.meta["metrics"], artifacts, (
+            {"package": runtime.get("package") or "onnxruntime", "version": runtime["onnxruntime"]}
+            if runtime.get("onnxruntime") and model.type == "OnnxModel" else None)
+
+
+def _point_text(values: dict) -> dict:
+    """A trial's searched settings as {"pass.param": value}, for the output and the report."""
+    return {f"{pass_name}.{param}": value for (pass_name, param), value in values.items()}

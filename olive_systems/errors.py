@@ -23,3 +23,7 @@ class PassError(OliveSystemsError):
 
 class CacheError(OliveSystemsError):
     """A cache entry is corrupt or unreadable; it is never used."""
+
+
+class SystemUnavailable(OliveSystemsError):
+    """A system cannot start or lacks what the recipe asks of it: every job there would fail, so the run stops."""

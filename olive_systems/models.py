@@ -42,6 +42,10 @@ class ModelRef:
     dummy_inputs_func: str | None = None
     inference_settings: dict | None = None
     attributes: dict = field(default_factory=dict)
+    # The registered AzureML asset (azureml:NAME:VERSION, a registry model or datastore path) this exact
+    # folder was downloaded from: an AzureML job mounts it instead of uploading the folder. relocated()
+    # drops it, since a relocated model is another folder.
+    source_reference: str | None = None
 
     @property
     def onnx_path(self) -> Path:
@@ -56,7 +60,8 @@ class ModelRef:
 
     def relocated(self, path: Path | str, **changes) -> "ModelRef":
         data = self.to_dict()
-        data.update(path=str(path), **changes)
+        data.update(path=str(path), source_reference=None)
+        data.update(changes)
         return ModelRef.from_dict(data)
 
 

@@ -1,4 +1,4 @@
-"""The output folder: one sub-folder per candidate, models_rank.json, metrics and run history.
+"""The output folder: one sub-folder per candidate, models_rank.json, metrics, run history and report.html.
 
 The folder is built beside the target and swapped in at the end, so an interrupted run leaves
 the previous results whole and never a half-written folder.
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .models import copy_tree
 from .output import WorkflowOutput
+from .report import write_report
 
 
 def _model_config(model, model_path: Path) -> dict:
@@ -64,6 +65,8 @@ def write_output_dir(output_dir: Path, ranked: list[dict], summary: dict) -> Wor
                 "missed_goals": candidate["missed_goals"],
                 "pareto": candidate.get("pareto", False),
                 "runtime": candidate.get("runtime"),
+                "system": candidate.get("system"),
+                "search_point": candidate.get("search_point") or {},
                 "run_history": candidate["history"],
             }
             _dump(folder / "inference_config.json", settings)
@@ -78,6 +81,7 @@ def write_output_dir(output_dir: Path, ranked: list[dict], summary: dict) -> Wor
         _dump(staging / "input_model_metrics.json", summary["input_model_metrics"])
         data = {**summary, "models": models, "output_dir": str(output_dir)}
         _dump(staging / "workflow_output.json", data)
+        write_report(staging, data)  # in staging, so the report is swapped in with the results it shows
         _swap_in(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -48,13 +48,14 @@ def print_summary(output) -> None:
     table.add_column("rank", justify="right")
     table.add_column("model", overflow="fold")
     table.add_column("goals")
+    table.add_column("front", justify="center")  # ★: on the Pareto front of the priority metrics
     for key in keys:
         table.add_column(key.replace("-", "\n", 1), justify="right")
     if output.input_model_metrics:
-        table.add_row("", "[dim]input model[/]", "", *(f"{output.input_model_metrics.get(k, {}).get('value', float('nan')):.4g}" for k in keys))
+        table.add_row("", "[dim]input model[/]", "", "", *(f"{output.input_model_metrics.get(k, {}).get('value', float('nan')):.4g}" for k in keys))
     for model in models:
         goals = "[green]met[/]" if model.meets_goals else "[red]missed[/]"
-        table.add_row(str(model.rank), model.model_id, goals, *(f"{model.metrics[k]['value']:.4g}" if k in model.metrics else "" for k in keys))
+        table.add_row(str(model.rank), model.model_id, goals, "★" if model.pareto else "", *(f"{model.metrics[k]['value']:.4g}" if k in model.metrics else "" for k in keys))
     console.print(table)
     for failure in output.failures:
         console.print(f"[red]failed[/] {failure['model_id']}: {failure['error']}" + (f" (fix: {failure['fix']})" if failure.get("fix") else ""))

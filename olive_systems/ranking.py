@@ -56,8 +56,8 @@ def pareto_front(candidates: list[dict]) -> list[dict]:
 
 def rank(candidates: list[dict], goals: dict, baseline: dict | None) -> list[dict]:
     """Sets rank, meets_goals, missed_goals and pareto on each candidate dict; returns them in rank order."""
-    for candidate in candidates:
-        candidate["missed_goals"] = missed_goals(candidate["metrics"], goals, baseline)
+    for candidate in candidates:  # a candidate may carry its own accelerator's baseline
+        candidate["missed_goals"] = missed_goals(candidate["metrics"], goals, candidate.get("baseline", baseline))
         candidate["meets_goals"] = not candidate["missed_goals"]
     ordered = sorted(candidates, key=lambda c: sort_key(c["metrics"], c["missed_goals"]))
     front = {id(c) for c in pareto_front(candidates)}

@@ -16,6 +16,7 @@ from .errors import RecipeError
 from .evaluation.metrics import METRIC_SCHEMA
 from .packaging import PACKAGING_SCHEMA
 from .resources import RESOURCE_SCHEMA, resolve_resource
+from .search import STRATEGY_SCHEMA, dimensions, searchable
 
 DEVICES = ["cpu", "gpu", "npu"]
 DEFAULT_SYSTEM = {"type": "LocalSystem", "accelerators": [{"device": "cpu", "execution_providers": ["CPUExecutionProvider"]}]}
@@ -41,6 +42,7 @@ AZUREML_SYSTEM_PROPERTIES = {
                           "description": "AzureMLSystem: full image reference the compute pulls, e.g. myacr.azurecr.io/olive-systems/cpu:TAG"},
     "keyvault_name": {"type": "string", "description": "AzureMLSystem: key vault holding the hf-token secret (its name only)"},
     "experiment_name": {"type": "string", "default": "olive-systems", "description": "AzureMLSystem: experiment of the jobs"},
+    "poll_s": {"type": "number", "minimum": 0, "default": 10, "description": "AzureMLSystem: seconds between job status polls"},
 }
 
 
@@ -58,7 +60,7 @@ def recipe_schema() -> dict:
         "additionalProperties": False,
         "allOf": [
             {"if": {"properties": {"type": {"const": name}}, "required": ["type"]},
-             "then": {"properties": {"config": get_pass_class(name).full_schema()}}}
+             "then": {"properties": {"config": _searchable_config(get_pass_class(name).full_schema())}}}
             for name in pass_types()
         ],
     }
@@ -148,8 +150,15 @@ def recipe_schema() -> dict:
                     "cache_dir": {"type": "string", "default": ".olive-cache"},
                     "output_dir": {"type": "string", "default": "outputs"},
                     "evaluator": {"type": "string"},
-                    "host": {"type": "string"},
-                    "target": {"type": "string"},
+                    "host": {"type": "string", "description": "system for EP-independent passes (conversion)"},
+                    "target": {
+                        "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}],
+                        "description": "system(s) whose accelerators the candidates are made and evaluated for; "
+                                       "EP-dependent passes and evaluations run there",
+                    },
+                    "max_concurrency": {"type": "integer", "minimum": 1, "default": 1,
+                                        "description": "candidates run side by side (measurements never overlap)"},
+                    "search_strategy": STRATEGY_SCHEMA,
                     "clean_cache": {"type": "boolean", "default": False},
                     "evaluate_input_model": {"type": "boolean", "default": True},
                     "log_severity_level": {"type": "integer", "minimum": 0, "maximum": 4, "default": 1},
@@ -173,6 +182,11 @@ def recipe_schema() -> dict:
         "required": ["input_model", "passes"],
         "additionalProperties": False,
     }
+
+
+def _searchable_config(schema: dict) -> dict:
+    """A pass's config schema in which every setting may also be a search space."""
+    return dict(schema, properties={key: searchable(prop) for key, prop in schema["properties"].items()})
 
 
 def load_recipe(source, base_dir: Path | None = None) -> dict:
@@ -220,11 +234,40 @@ def _with_base(data: dict, path: Path, chain: list[Path]) -> dict:
         raise RecipeError(f"{path.name}: extends {base_path.name}, which extends it back", "break the cycle")
     if not base_path.is_file():
         raise RecipeError(f"{path.name}: extends '{base_path}', which does not exist", "fix the extends path")
-    return _merge(_with_base(_parse(base_path), base_path, chain + [base_path]), data)
+    base = _anchor(_with_base(_parse(base_path), base_path, chain + [base_path]), base_path.parent)
+    return _merge(base, data)
+
+
+def _anchor(data: dict, folder: Path) -> dict:
+    """A base recipe's relative paths are relative to its own folder, wherever the recipe that
+    extends it lives: make them absolute before merging."""
+    def fix(holder: dict, key: str):
+        value = holder.get(key) if isinstance(holder, dict) else None
+        if isinstance(value, list):
+            holder[key] = [str(folder / v) if isinstance(v, str) and not Path(v).expanduser().is_absolute() else v for v in value]
+        elif isinstance(value, str) and not value.startswith("azureml:") and not Path(value).expanduser().is_absolute():
+            holder[key] = str(folder / value)
+
+    model = data.get("input_model") or {}
+    for key in ("model_path", "model_script"):
+        fix(model, key)
+    for dc in data.get("data_configs") or []:
+        fix(dc.get("load_dataset_config") or {}, "data_files")
+        for key in ("user_script", "tokenizer"):
+            fix(dc, key)
+    for evaluator in (data.get("evaluators") or {}).values():
+        for metric in evaluator.get("metrics") or []:
+            fix(metric.get("user_config") or {}, "user_script")
+    for system in (data.get("systems") or {}).values():
+        fix(system, "requirements")
+        fix(system.get("azureml_client") or {}, "config_path")
+    return data
 
 
 def _merge(base, override):
-    if isinstance(base, dict) and isinstance(override, dict):
+    """A mapping merges into its base key by key, unless the two are different kinds of thing
+    (their `type` differs: a package folder replaced by an AzureML model)."""
+    if isinstance(base, dict) and isinstance(override, dict) and base.get("type", override.get("type")) == override.get("type", base.get("type")):
         return {**base, **{key: _merge(base.get(key), value) for key, value in override.items()}}
     return override
 
@@ -245,9 +288,7 @@ def _validate(raw: dict, name: str) -> None:
     from jsonschema import Draft202012Validator
 
     messages = []
-    for error in Draft202012Validator(recipe_schema()).iter_errors(raw):
-        if error.validator in ("if", "allOf"):  # the nested errors carry the useful path
-            continue
+    for error in _leaf_errors(Draft202012Validator(recipe_schema()).iter_errors(raw)):
         where = _path_text(error.absolute_path)
         if error.validator == "additionalProperties" and error.schema.get("additionalProperties") is False:
             known = list(error.schema.get("properties", {}))
@@ -263,13 +304,30 @@ def _validate(raw: dict, name: str) -> None:
         raise RecipeError("\n".join(unique[:10]), "correct the recipe at the path shown; schemas/recipe.schema.json lists every key")
 
 
+def _leaf_errors(errors):
+    """The errors worth showing. A setting that may be a value or a search space (anyOf) fails as a
+    value unless it looks like a search space: report that side's own errors, not "any of"."""
+    for error in errors:
+        if error.validator in ("if", "allOf"):  # the nested errors carry the useful path
+            continue
+        if error.validator == "anyOf" and error.context:
+            keys = set(error.instance) & {"choices", "range"} if isinstance(error.instance, dict) else set()
+            wanted = 0  # the plain value's alternative, unless the instance names a kind of space
+            for index, alternative in enumerate(error.validator_value):
+                if keys & set(alternative.get("properties", {})):
+                    wanted = index
+            yield from _leaf_errors(e for e in error.context if e.schema_path[0] == wanted)
+            continue
+        yield error
+
+
 def _normalize(raw: dict, base: Path, name: str) -> dict:
     recipe = copy.deepcopy(raw)
     recipe["name"] = name
     recipe["base_dir"] = str(base)
     model = recipe["input_model"]
     model.setdefault("task", "feature-extraction")
-    model["model_path"] = str(resolve_resource(model["model_path"], base, f"{name}: input_model.model_path"))
+    model["model_path"] = str(resolve_resource(model["model_path"], base, f"{name}: input_model.model_path", remote=True))
     if model.get("model_script"):
         model["model_script"] = str(resolve_resource(model["model_script"], base, f"{name}: input_model.model_script"))
     data_configs = {}
@@ -337,8 +395,9 @@ def _check_references(recipe: dict, name: str) -> None:
         for pass_name in flow:
             use("pass", pass_name, f"pass_flows[{index}]")
     engine = recipe["engine"]
-    for key in ("host", "target"):
-        use("system", engine.get(key), f"engine.{key}")
+    use("system", engine.get("host"), "engine.host")
+    for target in engine["target"] if isinstance(engine["target"], list) else [engine["target"]]:
+        use("system", target, "engine.target")
     use("evaluator", engine.get("evaluator"), "engine.evaluator")
     messages = []
     for (kind, value), wheres in uses.items():
@@ -347,12 +406,19 @@ def _check_references(recipe: dict, name: str) -> None:
             messages.append(f"{name}: {kind} '{value}' is not defined (used by {places}){_did_you_mean(value, defined[kind])}")
     if messages:
         raise RecipeError("\n".join(messages), "define it in the recipe or correct the name")
+    for flow in recipe["pass_flows"]:
+        dimensions(flow, recipe["passes"], f"{name}: passes")  # a range that cannot be searched fails now
 
 
 def apply_overrides(recipe: dict, output_dir=None, cache_dir=None, clean_cache: bool = False,
-                    account_name: str | None = None, container_name: str | None = None) -> dict:
+                    account_name: str | None = None, container_name: str | None = None,
+                    max_concurrency: int | None = None) -> dict:
     """Command-line / API arguments that take precedence over the recipe's engine section."""
     engine = recipe["engine"]
+    if max_concurrency is not None:
+        if max_concurrency < 1:
+            raise RecipeError(f"max concurrency {max_concurrency} is not a positive number", "give 1 or more")
+        engine["max_concurrency"] = max_concurrency
     if output_dir is not None:
         engine["output_dir"] = str(output_dir)
     if cache_dir is not None:

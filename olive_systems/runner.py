@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import sys
 import time
 import traceback
@@ -17,6 +18,8 @@ from .errors import OliveSystemsError
 from .job import CONTRACT_VERSION, JOB_SCHEMA, RESULT_SCHEMA, check, load_batches_file, write_json
 
 RESULT_FILE = "result.json"
+KEYVAULT_ENV = "OLIVE_SYSTEMS_KEYVAULT"  # set by AzureMLSystem (keyvault_name): a vault's name, never a secret
+HF_TOKEN_SECRET = "hf-token"
 
 
 class _Tail(logging.Handler):
@@ -28,8 +31,9 @@ class _Tail(logging.Handler):
         self.lines.append(self.format(record))
 
 
-def run_job_file(job_path: str | Path, on_log=None) -> dict:
-    """Execute the job, write result.json next to it, return the result. Never raises for job errors."""
+def run_job_file(job_path: str | Path, on_log=None, keyvault: str | None = None) -> dict:
+    """Execute the job, write result.json next to it, return the result. Never raises for job errors.
+    keyvault: read the Hugging Face token from this key vault into HF_TOKEN first (see load_hf_token)."""
     import json
 
     job_path = Path(job_path)
@@ -55,6 +59,9 @@ def run_job_file(job_path: str | Path, on_log=None) -> dict:
             raise OliveSystemsError(f"job contract version {version} is not supported by this runner (it speaks {CONTRACT_VERSION})",
                                     "use the same olive-systems version on the host and in the system (rebuild the image)")
         check(job, JOB_SCHEMA, "job")
+        if keyvault:
+            load_hf_token(keyvault)
+            log(f"runner: HF_TOKEN set from secret '{HF_TOKEN_SECRET}' of key vault '{keyvault}'")
         what = job["pass"]["name"] if job["kind"] == "pass" else f"{len(job['metrics'])} metrics"
         log(f"runner: {job['kind']} job {job['job_id']} ({what}) on {job['accelerator']['execution_provider']}")
         out_dir = Path(job["output_dir"])
@@ -81,9 +88,60 @@ def _runtime() -> dict:
     try:
         import onnxruntime
 
-        return {"onnxruntime": onnxruntime.__version__, "providers": onnxruntime.get_available_providers()}
+        return {"onnxruntime": onnxruntime.__version__, "providers": onnxruntime.get_available_providers(),
+                "package": _ort_distribution()}
     except ImportError:
         return {}
+
+
+def _ort_distribution() -> str | None:
+    """Which ONNX Runtime wheel is installed here (they all import as onnxruntime): what packaging ships."""
+    from importlib import metadata
+
+    for name in ("onnxruntime-openvino", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-qnn", "onnxruntime"):
+        try:
+            metadata.version(name)
+            return name
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def load_hf_token(vault_name: str) -> None:
+    """Read secret hf-token from the key vault with this machine's identity (on AzureML, the compute's
+    managed identity) and set HF_TOKEN in this process's environment only: the value is never written
+    to a file, a log, the job or the result."""
+    try:
+        from azure.identity import DefaultAzureCredential
+        from azure.keyvault.secrets import SecretClient
+    except ImportError:
+        raise OliveSystemsError(f"keyvault_name '{vault_name}' is set, but azure-identity / azure-keyvault-secrets are "
+                                "not installed where the job runs",
+                                "add azure-identity and azure-keyvault-secrets to the image's requirements, or drop "
+                                "keyvault_name") from None
+    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError, ServiceRequestError
+
+    try:
+        secret = SecretClient(vault_url=f"https://{vault_name}.vault.azure.net",
+                              credential=DefaultAzureCredential()).get_secret(HF_TOKEN_SECRET)
+        value = secret.value
+        cause = None if value else f"secret '{HF_TOKEN_SECRET}' is empty"
+    except ResourceNotFoundError:
+        cause = f"it has no secret '{HF_TOKEN_SECRET}'"
+    except ClientAuthenticationError:
+        cause = "the job has no identity that can sign in (no managed identity on the compute?)"
+    except ServiceRequestError:
+        cause = "it cannot be reached (does the key vault exist?)"
+    except HttpResponseError as exc:
+        status = getattr(exc, "status_code", None)
+        cause = "the job's identity may not read its secrets" if status in (401, 403) else f"it answered HTTP {status}"
+    if cause:
+        raise OliveSystemsError(
+            f"could not read the Hugging Face token from key vault '{vault_name}': {cause}",
+            f"store the token as secret '{HF_TOKEN_SECRET}' (az keyvault secret set --vault-name {vault_name} "
+            f"--name {HF_TOKEN_SECRET} --value <token>) and give the compute's managed identity read access to it "
+            "(role 'Key Vault Secrets User', or a get-secrets access policy)")
+    os.environ["HF_TOKEN"] = value
 
 
 def _data(job: dict) -> dict:
@@ -162,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.ERROR)
     job_path = apply_path_map(Path(args[0]), mapping) if mapping else args[0]
-    result = run_job_file(job_path)
+    result = run_job_file(job_path, keyvault=os.environ.get(KEYVAULT_ENV))
     if result["error"]:
         print(f"error: {result['error']['message']}", file=sys.stderr)
     return 0 if result["status"] == "succeeded" else 1

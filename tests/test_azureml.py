@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -257,14 +258,62 @@ def test_run_job_failures_come_back_as_results(job):
     assert "timeout" in late["error"]["message"] and jobs.cancelled == ["job-1"]
 
 
-def test_independent_jobs_are_submitted_before_any_wait(tmp_path):
-    paths = [write_pass_job(tmp_path / str(i), tiny_onnx(tmp_path / str(i) / "model").resolve()) for i in range(3)]
-    jobs = FakeJobs(["Completed"], runner_result())
-    submitted_at_first_get = []
-    original_get = jobs.get
-    jobs.get = lambda name: (submitted_at_first_get.append(len(jobs.submitted)), original_get(name))[1]
-    results = started_system(jobs, paths[0]).run_jobs(paths, 60, lambda line: None)
-    assert [r["status"] for r in results] == ["succeeded"] * 3 and submitted_at_first_get[0] == 3
+class LocalCompute:
+    """MLClient.jobs backed by local processes: each submitted command job runs its runner here, as a
+    compute node would. A stand-in only because nothing here can reach Azure; it counts how many jobs
+    run at once."""
+
+    def __init__(self):
+        self.processes, self.most_at_once, self.lock = {}, 0, threading.Lock()
+
+    def create_or_update(self, job):
+        job_path = Path(job.inputs["job"]._data.path)
+        with self.lock:  # the engine submits from several threads
+            name = f"job-{len(self.processes) + 1}"
+            self.processes[name] = (subprocess.Popen([sys.executable, "-m", "olive_systems.runner", str(job_path)],
+                                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), job_path)
+            self.most_at_once = max(self.most_at_once, sum(p.poll() is None for p, _ in self.processes.values()))
+        return type("Created", (), {"name": name})()
+
+    def get(self, name):
+        process, _ = self.processes[name]
+        status = "Running" if process.poll() is None else ("Completed" if process.returncode == 0 else "Failed")
+        return type("Got", (), {"status": status, "studio_url": "https://ml.azure.com/x", "error": None})()
+
+    def download(self, name, download_path, output_name):
+        folder = Path(download_path) / "named-outputs" / output_name
+        folder.mkdir(parents=True)
+        shutil.copy(self.processes[name][1].parent / "result.json", folder / "result.json")
+
+
+def test_engine_runs_independent_azureml_jobs_together(tiny_bert, tmp_path, monkeypatch):
+    """Trials on an AzureML target are submitted side by side up to engine.max_concurrency, latency
+    measurements included (each job has its own node, so they cannot disturb each other)."""
+    from conftest import tiny_recipe
+
+    import olive_systems
+
+    compute = LocalCompute()
+
+    def start(self, mounts):
+        self.client, self.code_dir = type("Client", (), {"jobs": compute})(), Path(mounts["jobs"])
+
+    monkeypatch.setattr(AzureMLSystem, "start", start)
+    recipe = tiny_recipe(tiny_bert, tmp_path)
+    recipe["passes"]["dynamic"]["config"] = {"per_channel": {"choices": [True, False]}, "weight_type": {"choices": ["QInt8", "QUInt8"]}}
+    recipe["pass_flows"] = [["conversion", "dynamic"]]
+    recipe["systems"] = {"host": {"type": "LocalSystem"}, "aml": {**SYSTEM, "poll_s": 0.05, "workspace_name": "ws",
+                                                                  "subscription_id": "sub", "resource_group": "rg"}}
+    recipe["engine"].update(host="host", target="aml", max_concurrency=4)
+    output = olive_systems.run(recipe)
+
+    assert not output.failures, output.failures
+    assert len(output.get_output_models()) == 4
+    assert {j["system"] for j in output.jobs if j["label"] != "conversion" and "input" not in j["label"]} == {"aml"}
+    assert compute.most_at_once >= 3
+    timed = [j for j in output.jobs if j["system"] == "aml" and j["exclusive"]]
+    overlapping = lambda a, b: a["start_s"] < b["end_s"] and b["start_s"] < a["end_s"]  # noqa: E731
+    assert any(overlapping(t, j) for t in timed for j in output.jobs if j is not t)
 
 
 @pytest.mark.skipif(not all(os.environ.get(v) for v in LIVE_VARS),
@@ -361,7 +410,7 @@ def test_recipe_packaging_config_runs_at_the_end(tmp_path):
     best = output.get_best_candidate()
     assert (tmp_path / "out" / "azureml" / "olive_output_model_cpu-cpu_1.yaml").is_file()
     assert (Path(best.model_path).parent / "model_info.json").is_file()
-    assert (tmp_path / "packaged.zip").is_file()
+    assert (tmp_path / "out" / "packaged.zip").is_file()  # the seed puts the zip in the output folder
 
 
 
@@ -381,3 +430,349 @@ def test_recipe_schema_accepts_azureml_system_and_rejects_unknown_keys(tmp_path)
     del bad["systems"]["aml"]["client_secret"], bad["systems"]["aml"]["compute"]
     with pytest.raises(RecipeError, match="compute"):
         load_recipe(bad)
+
+
+# ---- AzureML assets as the input model; the hf-token from a key vault ----
+# The fakes below stand in for azure-ai-ml's MLClient, azure-storage-blob's ContainerClient and
+# azure-keyvault-secrets' SecretClient ONLY because nothing here can reach Azure: each fake does what
+# the real client's call does (files laid out as models.download writes them, the SDK's exception types).
+
+WORKSPACE = {"subscription_id": "sub", "resource_group": "group", "workspace_name": "ws", "config_path": None}
+AML_SYSTEM = {"type": "AzureMLSystem", "compute": "c", "subscription_id": "sub", "resource_group": "group", "workspace_name": "ws"}
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a connection fails the test."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+def model_recipe(model_path, **systems) -> dict:
+    return {"input_model": {"type": "OnnxModel", "model_path": model_path},
+            "passes": {"d": {"type": "OnnxDynamicQuantization"}}, "systems": systems or {"aml": AML_SYSTEM}}
+
+
+LONG = "azureml://subscriptions/sub/resourcegroups/group/workspaces/other"
+
+
+@pytest.mark.parametrize("model_path, reference", [
+    ({"type": "azureml_model", "name": "bert", "version": "1"}, "azureml:bert:1"),
+    ({"type": "azureml_model", "name": "bert", "version": 2}, "azureml:bert:2"),
+    ({"type": "azureml_registry_model", "registry_name": "azureml", "name": "bert", "version": "1"},
+     "azureml://registries/azureml/models/bert/versions/1"),
+    ({"type": "azureml_datastore", "datastore_name": "workspaceblobstore", "relative_path": "/path/to/model_folder/"},
+     "azureml://datastores/workspaceblobstore/paths/path/to/model_folder"),
+    ({"type": "azureml_model", "name": "bert", "version": "1",
+      "azureml_client": {"subscription_id": "sub", "resource_group": "group", "workspace_name": "other"}},
+     f"{LONG}/models/bert/versions/1"),
+    ({"type": "azureml_datastore", "datastore_name": "ds", "relative_path": "m", "azureml_client": {"config_path": "config.json"}},
+     f"{LONG}/datastores/ds/paths/m"),
+    ("azureml:bert:1", "azureml:bert:1"),
+    ("azureml://registries/azureml/models/bert/versions/1", "azureml://registries/azureml/models/bert/versions/1"),
+    ("azureml://datastores/workspaceblobstore/paths/path/to/model_folder",
+     "azureml://datastores/workspaceblobstore/paths/path/to/model_folder"),
+    ("azureml://subscriptions/sub/resourceGroups/group/workspaces/other/models/bert/versions/1", f"{LONG}/models/bert/versions/1"),
+])
+def test_recipe_accepts_azureml_model_paths_without_network(model_path, reference, tmp_path, no_network):
+    from olive_systems.recipe import load_recipe
+
+    (tmp_path / "config.json").write_text(json.dumps({"subscription_id": "sub", "resource_group": "group", "workspace_name": "other"}))
+    recipe = load_recipe(model_recipe(model_path), base_dir=tmp_path)
+    assert recipe["input_model"]["model_path"] == reference
+
+
+@pytest.mark.parametrize("model_path, words, fix", [
+    ({"type": "azureml_model", "name": "bert"}, "no pinned version", "pin a version"),
+    ({"type": "azureml_registry_model", "registry_name": "azureml", "name": "bert", "version": "latest"}, "no pinned version", "pin a version"),
+    ("azureml:bert", "no pinned version", "pin a version"),
+    ("azureml:bert@latest", "no pinned version", "pin a version"),
+    ("azureml://registries/azureml/models/bert/labels/latest", "no pinned version", "pin a version"),
+    ({"type": "azureml_registry_model", "name": "bert", "version": "1"}, "'registry_name' is a required property", "correct the recipe"),
+    ({"type": "azureml_model", "name": "bert", "version": "1", "verison": "2"}, "unknown key 'verison'; did you mean 'version'?", None),
+    ({"type": "azureml_modle", "name": "bert", "version": "1"}, "did you mean 'azureml_model'?", None),
+    ({"type": "azureml_datastore", "datastore_name": "ds"}, "'relative_path' is a required property", None),
+    ("azureml://datastores/ds/paths/../up", "not a folder path", "folder's path"),
+    ("azureml://somewhere/else", "not an AzureML reference", "azureml:NAME:VERSION"),
+])
+def test_recipe_rejects_bad_azureml_model_paths(model_path, words, fix, no_network):
+    from olive_systems.errors import RecipeError
+    from olive_systems.recipe import load_recipe
+
+    with pytest.raises(RecipeError) as info:
+        load_recipe(model_recipe(model_path))
+    assert "input_model.model_path" in info.value.message and words in info.value.message
+    assert fix is None or fix in info.value.fix
+
+
+def test_only_the_input_model_may_be_an_azureml_resource(tmp_path):
+    from olive_systems.errors import RecipeError
+    from olive_systems.recipe import load_recipe
+
+    recipe = model_recipe(str(tiny_onnx(tmp_path / "model")))
+    recipe["input_model"]["model_script"] = "azureml:script:1"
+    with pytest.raises(RecipeError, match="model_script: an AzureML resource can only be input_model.model_path"):
+        load_recipe(recipe)
+
+
+class FakeAzure:
+    """MLClient as fetch_remote_model uses it: models.download lays files out as the SDK does
+    (<download_path>/<name>/<folder>/... for a folder asset, <download_path>/<name>/<file> for a file asset),
+    datastores.get returns the SDK's datastore entity; errors are the SDK's exception types."""
+
+    def __init__(self, assets=None, fail_half_way=False, datastores=None):
+        self.assets, self.fail_half_way, self.datastores = assets or {}, fail_half_way, datastores or {}
+        self.clients, self.downloads = [], []
+        azure = self
+
+        class Client:
+            def __init__(self, credential, subscription_id=None, resource_group_name=None, workspace_name=None,
+                         registry_name=None):
+                azure.clients.append((subscription_id, resource_group_name, workspace_name, registry_name))
+                self.models = type("Models", (), {"download": lambda _, **kw: azure.download(registry_name, **kw)})()
+                self.datastores = type("Datastores", (), {"get": lambda _, name: azure.datastores[name]})()
+
+        self.MLClient = Client
+
+    def download(self, registry, name, version, download_path):
+        from azure.core.exceptions import ResourceNotFoundError, ServiceResponseError
+
+        self.downloads.append((registry, name, version, download_path))
+        # A download in progress is in the cache's tmp folder, never where a finished one is looked for.
+        assert Path(download_path).parents[1].name == "tmp" and "remote_models" not in download_path
+        if (registry, name, version) not in self.assets:
+            raise ResourceNotFoundError(message=f"Model container with name: {name} not found.")
+        for relative, content in self.assets[(registry, name, version)].items():
+            target = Path(download_path) / name / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+            if self.fail_half_way:
+                raise ServiceResponseError("Connection broken: IncompleteRead(1024 bytes read, 4096 more expected)")
+
+
+@pytest.fixture
+def fake_azure(monkeypatch):
+    import azure.ai.ml
+    import azure.identity
+
+    azure_fake = FakeAzure({(None, "bert", "1"): {"bert_folder/model.onnx": b"onnx", "bert_folder/config.json": b"{}"},
+                            ("azureml", "bert", "1"): {"model.onnx": b"single file"}})
+    monkeypatch.setattr(azure.ai.ml, "MLClient", azure_fake.MLClient)
+    monkeypatch.setattr(azure.identity, "DefaultAzureCredential", lambda: "credential")
+    return azure_fake
+
+
+def test_remote_model_is_downloaded_once_and_reused_offline(fake_azure, tmp_path, monkeypatch):
+    """Mocked MLClient: live Azure cannot be reached from here."""
+    import hashlib
+
+    from olive_systems.azureml_assets import fetch_remote_model, job_input_reference
+
+    folder = fetch_remote_model("azureml:bert:1", tmp_path / "cache", WORKSPACE)
+    qualified = "azureml://subscriptions/sub/resourcegroups/group/workspaces/ws/models/bert/versions/1"
+    assert folder == (tmp_path / "cache" / "remote_models" / hashlib.sha256(qualified.encode()).hexdigest() / "model").resolve()
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.onnx"]
+    assert fake_azure.clients == [("sub", "group", "ws", None)] and len(fake_azure.downloads) == 1
+    assert job_input_reference(folder) == "azureml:bert:1"  # a folder asset: AzureML jobs mount it directly
+    assert not list((tmp_path / "cache" / "tmp").iterdir())
+
+    import azure.ai.ml
+
+    def offline(*args, **kwargs):
+        raise AssertionError("contacted Azure")
+
+    monkeypatch.setattr(azure.ai.ml, "MLClient", offline)
+    import socket
+
+    monkeypatch.setattr(socket.socket, "connect", offline)
+    assert fetch_remote_model("azureml:bert:1", tmp_path / "cache", WORKSPACE) == folder
+    # The same name in another workspace is another model: never served from this download.
+    monkeypatch.setattr(azure.ai.ml, "MLClient", fake_azure.MLClient)
+    other = fetch_remote_model("azureml:bert:1", tmp_path / "cache", {**WORKSPACE, "workspace_name": "ws2"})
+    assert other != folder and fake_azure.clients[-1] == ("sub", "group", "ws2", None)
+
+
+def test_registry_model_needs_no_workspace(fake_azure, tmp_path):
+    """Mocked MLClient: live Azure cannot be reached from here."""
+    from olive_systems.azureml_assets import fetch_remote_model, job_input_reference
+
+    folder = fetch_remote_model("azureml://registries/azureml/models/bert/versions/1", tmp_path, None)
+    assert fake_azure.clients == [(None, None, None, "azureml")]
+    assert (folder / "model.onnx").read_bytes() == b"single file"
+    assert job_input_reference(folder) is None  # a file asset mounts as a file, not as this folder: uploaded instead
+
+
+def test_download_failing_half_way_leaves_nothing_that_looks_complete(fake_azure, tmp_path):
+    """Mocked MLClient (its download breaks after the first file): live Azure cannot be reached from here."""
+    from olive_systems.azureml_assets import fetch_remote_model
+
+    fake_azure.fail_half_way = True
+    with pytest.raises(OliveSystemsError, match="IncompleteRead"):
+        fetch_remote_model("azureml:bert:1", tmp_path, WORKSPACE)
+    assert not (tmp_path / "remote_models").exists() or not list((tmp_path / "remote_models").iterdir())
+    assert not list((tmp_path / "tmp").iterdir())  # the partial files are gone
+    fake_azure.fail_half_way = False
+    folder = fetch_remote_model("azureml:bert:1", tmp_path, WORKSPACE)
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.onnx"] and len(fake_azure.downloads) == 2
+
+
+def test_remote_model_errors_name_cause_and_fix(fake_azure, tmp_path, monkeypatch):
+    """Mocked MLClient raising the SDK's own exceptions: live Azure cannot be reached from here."""
+    from azure.core.exceptions import ClientAuthenticationError
+
+    from olive_systems.azureml_assets import fetch_remote_model
+
+    with pytest.raises(OliveSystemsError) as info:
+        fetch_remote_model("azureml:bert:9", tmp_path, WORKSPACE)
+    assert "model 'bert' version 9 not found" in info.value.message and "az ml model show -n bert -v 9" in info.value.fix
+    with pytest.raises(OliveSystemsError) as info:
+        fetch_remote_model("azureml:bert:1", tmp_path, None)
+    assert "no workspace is known" in info.value.message and "AzureMLSystem" in info.value.fix
+    assert not fake_azure.downloads[1:]
+
+    def no_credential(registry, **kwargs):
+        raise ClientAuthenticationError(message="DefaultAzureCredential failed to retrieve a token")
+
+    monkeypatch.setattr(fake_azure, "download", no_credential)
+    with pytest.raises(OliveSystemsError, match="authentication failed") as info:
+        fetch_remote_model("azureml:bert:1", tmp_path, WORKSPACE)
+    assert "az login" in info.value.fix
+    assert not (tmp_path / "remote_models").exists()
+
+
+def test_datastore_folder_downloads_with_the_same_credential(fake_azure, tmp_path, monkeypatch):
+    """Mocked MLClient and ContainerClient: live Azure cannot be reached from here."""
+    import azure.storage.blob
+    from azure.ai.ml.entities import AzureBlobDatastore
+
+    from olive_systems.azureml_assets import fetch_remote_model, job_input_reference
+
+    blobs = {"models/bert/model.onnx": b"onnx", "models/bert/tok/vocab.txt": b"vocab", "models/bert/tok": None,
+             "models/bertie/other.bin": b"not this folder"}
+    opened = []
+
+    class Container:
+        def __init__(self, account_url, container_name, credential):
+            opened.append((account_url, container_name, credential))
+
+        def list_blobs(self, name_starts_with, include):
+            return [type("Blob", (), {"name": name, "metadata": {"hdi_isfolder": "true"} if data is None else {}})()
+                    for name, data in blobs.items() if name.startswith(name_starts_with)]
+
+        def download_blob(self, name):
+            return type("Stream", (), {"readinto": lambda _, out: out.write(blobs[name])})()
+
+    monkeypatch.setattr(azure.storage.blob, "ContainerClient", Container)
+    fake_azure.datastores["workspaceblobstore"] = AzureBlobDatastore(name="workspaceblobstore", account_name="acct", container_name="data")
+    folder = fetch_remote_model("azureml://datastores/workspaceblobstore/paths/models/bert", tmp_path, WORKSPACE)
+    assert opened == [("https://acct.blob.core.windows.net", "data", "credential")]
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == ["model.onnx", "tok/vocab.txt"]
+    assert job_input_reference(folder) == "azureml://datastores/workspaceblobstore/paths/models/bert"
+    with pytest.raises(OliveSystemsError, match="holds no files"):
+        fetch_remote_model("azureml://datastores/workspaceblobstore/paths/models/none", tmp_path, WORKSPACE)
+
+
+def test_workspace_comes_from_the_recipes_azureml_system():
+    from olive_systems.azureml_assets import workspace_for
+
+    recipe = {"systems": {"local": {"type": "LocalSystem"}, "aml": AML_SYSTEM}}
+    assert workspace_for("azureml:bert:1", recipe)["workspace_name"] == "ws"
+    assert workspace_for("azureml://registries/azureml/models/bert/versions/1", recipe) is None
+    assert workspace_for(f"{LONG}/models/bert/versions/1", recipe) is None  # it names its own
+    assert workspace_for("azureml:bert:1", {"systems": {"local": {"type": "LocalSystem"}}}) is None
+    recipe["systems"]["aml2"] = {**AML_SYSTEM, "workspace_name": "ws2"}
+    with pytest.raises(OliveSystemsError, match="different workspaces"):
+        workspace_for("azureml:bert:1", recipe)
+
+
+def test_downloaded_asset_is_the_jobs_input_not_an_upload(tmp_path):
+    from olive_systems.models import ModelRef
+
+    job = write_pass_job(tmp_path, tiny_onnx(tmp_path / "model").resolve())
+    document = json.loads(job.read_text())
+    local = document["input_model"]["path"]
+    document["input_model"]["source_reference"] = "azureml:bert:1"
+    write_json(job, document)
+    loaded = load_job(AzureMLSystem(SYSTEM).write_job_yaml(job, tmp_path / "job.yaml"))
+    assert loaded.inputs["model"].type == "custom_model" and loaded.inputs["model"].path in ("azureml:bert:1", "bert:1")
+    assert f"--map {local}=${{{{inputs.model}}}}" in loaded.command  # the runner sees the mount where the folder was
+    ref = ModelRef(type="OnnxModel", path=local, hash="0" * 64, source_reference="azureml:bert:1")
+    assert ModelRef.from_dict(ref.to_dict()) == ref
+    assert ref.relocated(tmp_path / "out").source_reference is None  # another folder is not that asset
+
+
+SECRET = "hf_S3cretTokenValue0123456789"
+
+
+@pytest.fixture
+def fake_keyvault(monkeypatch):
+    import azure.identity
+    import azure.keyvault.secrets
+
+    vault = {"urls": [], "error": None, "value": SECRET}
+
+    class SecretClient:
+        def __init__(self, vault_url, credential):
+            vault["urls"].append(vault_url)
+
+        def get_secret(self, name):
+            if vault["error"] is not None:
+                raise vault["error"]
+            assert name == "hf-token"
+            return type("KeyVaultSecret", (), {"name": name, "value": vault["value"]})()
+
+    monkeypatch.setattr(azure.keyvault.secrets, "SecretClient", SecretClient)
+    monkeypatch.setattr(azure.identity, "DefaultAzureCredential", lambda: "credential")
+    monkeypatch.setenv("OLIVE_SYSTEMS_KEYVAULT", "olive-kv")  # as AzureMLSystem's command job sets it
+    monkeypatch.setenv("HF_TOKEN", "unset")
+    monkeypatch.delenv("HF_TOKEN")  # restored to its state before the test afterwards
+    return vault
+
+
+def test_keyvault_hf_token_reaches_the_job_and_no_file(job, fake_keyvault, monkeypatch, capfd):
+    """Mocked SecretClient: the compute's managed identity and the key vault cannot be reached from here.
+    The runner runs as AzureML runs it (python -m olive_systems.runner with OLIVE_SYSTEMS_KEYVAULT set)."""
+    from olive_systems.runner import main
+
+    seen = []
+    cls = get_pass_class("OnnxDynamicQuantization")
+    original = cls.run
+    monkeypatch.setattr(cls, "run", lambda self, *args: (seen.append(os.environ.get("HF_TOKEN")), original(self, *args))[1])
+    assert main([str(job)]) == 0
+    assert seen == [SECRET] and fake_keyvault["urls"] == ["https://olive-kv.vault.azure.net"]
+    result = json.loads((job.parent / "result.json").read_text())
+    assert result["status"] == "succeeded" and any("key vault 'olive-kv'" in line for line in result["log_tail"])
+    written = [p for p in job.parents[2].rglob("*") if p.is_file()]
+    assert written and not [p for p in written if SECRET.encode() in p.read_bytes()]
+    out, err = capfd.readouterr()
+    assert SECRET not in out + err
+
+
+@pytest.mark.parametrize("error, cause", [
+    ("missing", "has no secret 'hf-token'"),
+    ("forbidden", "may not read its secrets"),
+    ("no identity", "no identity that can sign in"),
+])
+def test_keyvault_failures_are_one_clear_error(job, fake_keyvault, error, cause):
+    """Mocked SecretClient raising the SDK's exception types: no key vault can be reached from here."""
+    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
+
+    from olive_systems.runner import main
+
+    forbidden = HttpResponseError(message="Caller is not authorized to perform action on resource")
+    forbidden.status_code = 403
+    fake_keyvault["error"] = {"missing": ResourceNotFoundError(message="A secret with (name/id) hf-token was not found"),
+                              "forbidden": forbidden,
+                              "no identity": ClientAuthenticationError(message="ManagedIdentityCredential unavailable")}[error]
+    assert main([str(job)]) == 1
+    result = json.loads((job.parent / "result.json").read_text())
+    assert result["error"]["message"].startswith("could not read the Hugging Face token from key vault 'olive-kv': ")
+    assert cause in result["error"]["message"]
+    assert "az keyvault secret set --vault-name olive-kv --name hf-token" in result["error"]["fix"]
+    assert "Key Vault Secrets User" in result["error"]["fix"] and "HF_TOKEN" not in os.environ

@@ -41,7 +41,9 @@ def test_schema_publishes_per_pass_config(tiny_bert, tmp_path):
     schema = recipe_schema()
     branches = schema["properties"]["passes"]["additionalProperties"]["allOf"]
     by_type = {b["if"]["properties"]["type"]["const"]: b["then"]["properties"]["config"] for b in branches}
-    assert by_type["OnnxDynamicQuantization"]["properties"]["weight_type"]["enum"] == ["QInt8", "QUInt8"]
+    weight_type = by_type["OnnxDynamicQuantization"]["properties"]["weight_type"]["anyOf"]
+    assert weight_type[0]["enum"] == ["QInt8", "QUInt8"]  # a value, or a search space over values:
+    assert weight_type[1]["properties"]["choices"]["items"]["enum"] == ["QInt8", "QUInt8"]
 
 
 def test_json_recipe_is_accepted(tiny_bert, tmp_path):
@@ -101,3 +103,22 @@ def test_package_folder_resource_needs_no_site_packages_path(tmp_path):
     broken["input_model"]["model_path"] = {"type": "package_folder", "package": "no_such_pkg_xyz", "path": "model"}
     error = error_of(broken)
     assert "no_such_pkg_xyz" in error.message and error.fix.startswith("pip install")
+
+
+def test_extends_merges_mappings_and_replaces_the_rest(tmp_path):
+    base = load_recipe(REPO / "recipes" / "bert_ptq.yaml")
+    cpu = load_recipe(REPO / "recipes" / "bert_ptq_cpu.yaml")
+    assert cpu["passes"]["static_int8"]["host"] == "cpu_image"  # added beside the base's keys...
+    assert cpu["passes"]["static_int8"]["config"] == base["passes"]["static_int8"]["config"]  # ...which stay
+    assert cpu["engine"]["target"] == "cpu_image" and cpu["evaluators"] == base["evaluators"]
+
+
+def test_extends_replaces_a_resource_of_another_type_and_refuses_cycles(tmp_path):
+    child = {"extends": str(REPO / "recipes" / "bert_ptq.yaml"),
+             "input_model": {"model_path": {"type": "azureml_model", "name": "minilm", "version": "3"}}}
+    recipe = load_recipe(write(tmp_path, child))
+    assert recipe["input_model"]["model_path"] == "azureml:minilm:3"  # no package_folder keys mixed in
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(RecipeError, match="which extends it back"):
+        load_recipe(tmp_path / "a.yaml")

@@ -14,6 +14,7 @@ import pytest
 import olive_systems
 from olive_systems.errors import OliveSystemsError
 from olive_systems.job import CONTRACT_VERSION, RESULT_SCHEMA, check
+from olive_systems.output import WorkflowOutput
 from olive_systems.runner import run_job_file
 
 from conftest import REPO, tiny_recipe
@@ -236,3 +237,30 @@ def test_docker_openvino_image_really_runs_openvino(tiny_onnx, tmp_path):
     assert best.from_execution_provider() == "OpenVINOExecutionProvider"
     assert best.metrics_value["latency-p50"] > 0
 
+
+
+def test_several_accelerators_in_one_run(tiny_bert, tmp_path):
+    """CPU and OpenVINO EPs in one recipe: the export runs once on the host; the EP-dependent pass and
+    the evaluations run per accelerator, each in its own system; results come back per device and EP."""
+    need_docker()
+    recipe = tiny_recipe(tiny_bert, tmp_path)
+    recipe["systems"] = {
+        "host": {"type": "LocalSystem", "accelerators": [{"device": "cpu", "execution_providers": ["CPUExecutionProvider"]}]},
+        "openvino": {"type": "DockerSystem", "image": "openvino",
+                     "accelerators": [{"device": "cpu", "execution_providers": ["OpenVINOExecutionProvider"]}]},
+    }
+    recipe["pass_flows"] = [["conversion"], ["conversion", "static"]]
+    recipe["engine"].update(host="host", target=["host", "openvino"], max_concurrency=2)
+    output = olive_systems.run(recipe)
+
+    assert not output.failures
+    runs = {(j["label"], j["system"]) for j in output.jobs if j["kind"] == "pass"}
+    assert [j["label"] for j in output.jobs if j["kind"] == "pass"].count("conversion") == 1
+    assert runs == {("conversion", "host"), ("static", "host"), ("static", "openvino")}
+    by_ep = {ep: output.CPU[ep] for ep in ("CPUExecutionProvider", "OpenVINOExecutionProvider")}
+    assert {m.model_id for m in by_ep["OpenVINOExecutionProvider"]} == {"conversion_cpu-openvino", "conversion-static_cpu-openvino"}
+    assert {m.runtime["package"] for m in by_ep["OpenVINOExecutionProvider"]} == {"onnxruntime-openvino"}
+    assert {m.runtime["package"] for m in by_ep["CPUExecutionProvider"]} == {"onnxruntime"}
+    assert len(output.get_output_models()) == 4 and sorted(m.rank for m in output.get_output_models()) == [1, 2, 3, 4]
+    # the same exported model, evaluated on each EP against that EP's own input-model baseline
+    assert set(WorkflowOutput.load(output.output_dir)._data["input_model_metrics_by_accelerator"]) == {"cpu-cpu", "cpu-openvino"}

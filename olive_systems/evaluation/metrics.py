@@ -12,6 +12,8 @@ METRIC_TYPES = {
     "fidelity": {"cosine_mean": True, "cosine_min": True, "max_abs_diff": False},
     "custom": {},
 }
+# Measured by timing the machine: such a job must not share it with other work.
+TIMING_METRICS = ("latency", "throughput")
 GOAL_TYPES = ("threshold", "max-degradation", "min-improvement", "percent-max-degradation", "percent-min-improvement")
 
 METRIC_SCHEMA = {

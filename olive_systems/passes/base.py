@@ -42,6 +42,8 @@ class Pass:
     depends_on: ClassVar[tuple] = ("onnxruntime", "onnx")
     # Conversion gives the same model whatever the target EP; quantization and tuning may not.
     accelerator_dependent: ClassVar[bool] = True
+    # A pass that times the model (session tuning) must have the machine to itself while it runs.
+    measures_timing: ClassVar[bool] = False
     description: ClassVar[str] = ""
 
     @classmethod

@@ -13,6 +13,7 @@ from .base import Pass, PassContext
 
 
 class OrtSessionParamsTuning(Pass):
+    measures_timing = True
     description = "Try thread counts, execution modes and graph levels; record the fastest as inference settings."
     config_schema = {
         "data_config": {"type": ["string", "null"], "default": None,

@@ -32,16 +32,10 @@ INSTALL_FIX = "pip install 'olive-systems[azureml]'"
 def azureml_reference(spec: dict) -> str:
     """A model / data reference in a recipe -> the path AzureML resolves:
     {type: azureml_model, name, version}, {type: azureml_registry_model, registry_name, name, version},
-    {type: azureml_datastore, datastore_name, relative_path}."""
-    kind = spec.get("type")
-    if kind == "azureml_model":
-        return f"azureml:{spec['name']}:{spec['version']}"
-    if kind == "azureml_registry_model":
-        return f"azureml://registries/{spec['registry_name']}/models/{spec['name']}/versions/{spec['version']}"
-    if kind == "azureml_datastore":
-        return f"azureml://datastores/{spec['datastore_name']}/paths/{spec['relative_path'].lstrip('/')}"
-    raise OliveSystemsError(f"unknown AzureML resource type {kind!r}",
-                            "use azureml_model, azureml_registry_model or azureml_datastore")
+    {type: azureml_datastore, datastore_name, relative_path} (see olive_systems.azureml_assets)."""
+    from ..azureml_assets import reference_of
+
+    return reference_of(spec)
 
 
 def _is_reference(path: str) -> bool:
@@ -51,7 +45,7 @@ def _is_reference(path: str) -> bool:
 def _model_input(path: str):
     from azure.ai.ml import Input
 
-    if path.startswith("azureml://datastores/"):
+    if path.startswith("azureml://") and "/datastores/" in path:
         return Input(type="uri_folder", path=path)
     if _is_reference(path):  # registered model or registry model
         return Input(type="custom_model", path=path)
@@ -68,6 +62,7 @@ def code_snapshot(jobs_root: Path) -> Path:
 
 class AzureMLSystem:
     can_run_torch = False  # the images hold onnxruntime, not torch
+    remote = True  # jobs run on their own compute nodes: measurements there never share this machine
 
     def __init__(self, config: dict, name: str = "azureml_system"):
         self.config, self.name = config, name
@@ -113,12 +108,15 @@ class AzureMLSystem:
         job_dir = job_path.parent
         job = json.loads(job_path.read_text())
         model_path = job["input_model"]["path"]
+        # A model downloaded from a registered asset is mounted from that asset, not uploaded again.
+        model_input = job["input_model"].get("source_reference") or model_path
         maps = [(str(job_dir / "output"), f"${{{{outputs.{OUTPUT_NAME}}}}}/output"),
                 (str(job_dir), "${{inputs.job_dir}}"),
                 (model_path, "${{inputs.model}}")]  # a local folder or an azureml: reference, mounted alike
         arguments = " ".join(f"--map {shlex.quote(old)}={new}" for old, new in maps)
         variables = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-        if self.config.get("keyvault_name"):  # a name, never a secret: the compute's identity reads hf-token there
+        if self.config.get("keyvault_name"):  # a name, never a secret: the runner reads hf-token there with the
+            # compute's identity and sets HF_TOKEN in its own process only (olive_systems.runner.load_hf_token)
             variables["OLIVE_SYSTEMS_KEYVAULT"] = self.config["keyvault_name"]
         return command(
             name=None,
@@ -132,7 +130,7 @@ class AzureMLSystem:
             instance_count=int(self.config.get("instance_count", 1)),
             inputs={"job": Input(type="uri_file", path=str(job_path)),
                     "job_dir": Input(type="uri_folder", path=str(job_dir)),
-                    "model": _model_input(model_path)},
+                    "model": _model_input(model_input)},
             outputs={OUTPUT_NAME: Output(type="uri_folder", mode="rw_mount")},
             timeout=int(job.get("timeout_s", self.config.get("timeout_s", 3600))),
         )
@@ -231,10 +229,6 @@ class AzureMLSystem:
     def run_job(self, job_path: Path, timeout_s: float, on_log) -> dict:
         return self.wait(self.submit(job_path), job_path, timeout_s, on_log)
 
-    def run_jobs(self, job_paths: list[Path], timeout_s: float, on_log) -> list[dict]:
-        """Independent jobs: all submitted first, so AzureML runs them in parallel, then waited for."""
-        names = [self.submit(path) for path in job_paths]
-        return [self.wait(name, path, timeout_s, on_log) for name, path in zip(names, job_paths)]
 
     def stop(self) -> None:
         self.client = None

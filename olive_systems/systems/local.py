@@ -22,6 +22,7 @@ def package_versions(names) -> dict:
 
 class LocalSystem:
     can_run_torch = True
+    max_parallel_jobs = 1  # jobs run in this very process: one at a time
 
     def __init__(self, config: dict, name: str = "local_system"):
         self.config, self.name = config, name
