@@ -39,6 +39,10 @@ def main() -> int:
         concurrent_s, concurrent = timed_run(2, root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    for label, output in (("sequential", sequential), ("side by side", concurrent)):
+        alone = sum(u["end_s"] - u["start_s"] for u in output.machine_use if u["mode"] == "alone")
+        other = sum(j["end_s"] - j["start_s"] for j in output.jobs if not j["measures"])
+        print(f"{label}: {len(output.jobs)} jobs; timing loops alone {alone:.1f} s, jobs that do not measure {other:.1f} s (summed)")
     ratio = concurrent_s / sequential_s
     print(f"candidates: {len(sequential.get_output_models())} sequential, {len(concurrent.get_output_models())} side by side; "
           f"failures: {len(sequential.failures)} / {len(concurrent.failures)}")

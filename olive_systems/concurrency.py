@@ -1,45 +1,54 @@
 """Locks for running jobs side by side without letting them disturb each other's measurements.
 
-Passes and accuracy evaluations may share the machine; a latency or throughput measurement (and
-session tuning, which measures) must have it to itself, or the jobs would measure each other.
+Passes and accuracy evaluations may share the machine; a step that measures (latency, throughput,
+session tuning) must have it to itself, or the jobs would measure each other. The machine lock is
+a flock on a file in the cache's jobs folder, so two runs that share a cache on one machine keep
+out of each other's measurements too.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
-from contextlib import contextmanager
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
 
 class MachineLock:
-    """Shared for ordinary jobs, exclusive for measurements. A waiting measurement blocks new shared
-    jobs, so a stream of passes cannot starve it."""
+    """Up to `slots` steps of ordinary work at once, each holding the lock shared, or one step that
+    measures, alone.
 
-    def __init__(self):
-        self._cond = threading.Condition()
-        self._shared = 0
-        self._exclusive = False
-        self._waiting_exclusive = 0
+    A waiting measurement does not stop new ordinary work (flock lets shared holders in): holding
+    it back would leave the machine half idle while running work drains. It cannot starve, because
+    the engine keeps only so many candidates in flight: once each of them is at its measurement,
+    nothing else holds the lock.
+    """
+
+    def __init__(self, path: Path, slots: int, record):
+        self.path, self.record = Path(path), record  # record(label, "shared" | "alone", start, end)
+        self._slots = threading.Semaphore(slots)
+        self._held = threading.local()
 
     @contextmanager
-    def hold(self, exclusive: bool):
-        with self._cond:
-            if exclusive:
-                self._waiting_exclusive += 1
-                self._cond.wait_for(lambda: not self._exclusive and self._shared == 0)
-                self._waiting_exclusive -= 1
-                self._exclusive = True
-            else:
-                self._cond.wait_for(lambda: not self._exclusive and self._waiting_exclusive == 0)
-                self._shared += 1
-        try:
+    def hold(self, label: str, alone: bool):
+        if getattr(self._held, "depth", 0):  # this thread holds it already (a step inside a step)
             yield
-        finally:
-            with self._cond:
-                if exclusive:
-                    self._exclusive = False
-                else:
-                    self._shared -= 1
-                self._cond.notify_all()
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with nullcontext() if alone else self._slots:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)  # each holder its own open file, its own lock
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+                self._held.depth, began = 1, time.time()
+                try:
+                    yield
+                finally:
+                    self._held.depth = 0
+                    self.record(label, "alone" if alone else "shared", began, time.time())
+            finally:
+                os.close(fd)
 
 
 class SingleFlight:

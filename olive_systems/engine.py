@@ -1,7 +1,7 @@
 """The engine: searches each pass flow on each accelerator, evaluates every candidate, ranks and writes.
 
 Every pass run and every evaluation is keyed by a full sha256 of what determines its result, so a
-re-run of the same recipe computes nothing and says so. Candidates run side by side up to
+re-run of the same recipe computes nothing and says so. Jobs run side by side up to
 engine.max_concurrency; a measurement (latency, throughput, session tuning) on this machine waits
 until it has the machine to itself (MachineLock).
 """
@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from contextlib import nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -70,8 +70,9 @@ class Engine:
         evaluator = self.engine.get("evaluator")
         self.metrics = recipe["evaluators"][evaluator]["metrics"] if evaluator else []
         self.steps: list[dict] = []
-        self.jobs: list[dict] = []  # when each job ran, and whether it had the machine to itself
+        self.jobs: list[dict] = []  # when each job ran, where, and whether it measured
         self._started = time.perf_counter()
+        self._started_wall = time.time()  # jobs report their machine use in epoch seconds
         self._memo: dict[str, tuple[ModelRef, bool]] = {}
         self._failed: dict[str, OliveSystemsError] = {}  # pass runs that failed in this run: not tried again
         self._pending: dict[str, tuple] = {}  # entry folder -> (shared entry not yet downloaded, recompute)
@@ -79,7 +80,9 @@ class Engine:
         self._fingerprints: dict[str, str] = {}
         # Jobs run on pool threads: these keep shared state and the machine orderly.
         self._lock = threading.RLock()
-        self.machine = MachineLock()
+        self.machine_use: list[dict] = []  # who held this machine when, shared or alone
+        self.machine = MachineLock(self.cache.root / "jobs" / "machine.lock", self.engine["max_concurrency"],
+                                   self._record_machine_use)
         self.flights = SingleFlight()
         self._slots = {name: threading.Semaphore(getattr(system, "max_parallel_jobs", 1 << 30))
                        for name, system in self.systems.items()}
@@ -116,7 +119,7 @@ class Engine:
             self._stop_systems()
 
     def _run_all(self, input_model: ModelRef) -> WorkflowOutput:
-        with ThreadPoolExecutor(self.engine["max_concurrency"], thread_name_prefix="olive-job") as pool:
+        with ThreadPoolExecutor(self._in_flight(), thread_name_prefix="olive-job") as pool:
             try:
                 baselines = self._evaluate_input(pool, input_model)
                 candidates, failures = self._search(pool, input_model, baselines)
@@ -129,7 +132,8 @@ class Engine:
         input_metrics = baselines[0][0] if baselines else None
         ranked = rank(candidates, goals_of(self.metrics), input_metrics)
         output_dir = Path(self.engine["output_dir"]).resolve()
-        summary = {"input_model_metrics": input_metrics, "failures": failures, "steps": self.steps, "jobs": self.jobs}
+        summary = {"input_model_metrics": input_metrics, "failures": failures, "steps": self.steps, "jobs": self.jobs,
+                   "machine_use": sorted(self.machine_use, key=lambda use: use["start_s"])}
         if self.several:
             summary["input_model_metrics_by_accelerator"] = {t.accelerator.short: baselines[t.index][0] for t in self.targets}
         output = write_output_dir(output_dir, ranked, summary)
@@ -151,7 +155,7 @@ class Engine:
         searches = [(Search(flow, self.recipe["passes"], self.engine.get("search_strategy"),
                             lambda c: sort_key(c["metrics"], c["missed_goals"]), bool(goals)), target, flow_index)
                     for target in self.targets for flow_index, flow in enumerate(self.recipe["pass_flows"])]
-        limit, running, candidates, failures = self.engine["max_concurrency"], {}, [], []
+        limit, running, candidates, failures = self._in_flight(), {}, [], []
         while True:
             asked = True
             while asked and len(running) < limit:  # round robin, so every search gets its turn
@@ -173,6 +177,29 @@ class Engine:
                 search.tell(trial, None if "error" in outcome else outcome)
         order = lambda item: item.pop("order")  # noqa: E731 - results arrive in any order; output does not
         return sorted(candidates, key=order), sorted(failures, key=order)
+
+    def _record_machine_use(self, label: str, mode: str, start: float, end: float) -> None:
+        self.machine_use.append({"label": label, "mode": mode, "start_s": round(start - self._started_wall, 4),
+                                 "end_s": round(end - self._started_wall, 4)})
+
+    @contextmanager
+    def _step_on(self, system_name: str, label: str, measures: bool):
+        """Hold what a step's work needs: a place on its system (the local one runs one job at a
+        time), then this machine, shared for its job, hashing and tokenizing, or alone for a step that
+        measures. A remote system's jobs run on machines of their own. Always in this order, so no
+        two steps wait on each other."""
+        with self._slots[system_name]:
+            if getattr(self.systems[system_name], "remote", False):
+                yield
+            else:
+                with self.machine.hold(label, alone=measures):
+                    yield
+
+    def _in_flight(self) -> int:
+        """Candidates worked on at once. With N jobs side by side, 2N: while one candidate waits to
+        measure alone, another has a pass or an accuracy evaluation ready to keep the machine busy."""
+        n = self.engine["max_concurrency"]
+        return 1 if n == 1 else 2 * n
 
     def _candidate(self, input_model: ModelRef, search: Search, trial, target: Target, baseline: tuple) -> dict:
         """Run one trial's flow and evaluate its model: a candidate, or a failure record."""
@@ -284,7 +311,9 @@ class Engine:
                 result, cached = self._memo[key]
                 return result, {"config": config, "key": key, "cached": cached, "seconds": 0.0}
             try:
-                return self._run_pass_once(pass_name, entry, pass_cls, config, key, model, accelerator, system_name)
+                self._materialize(model)  # before holding the machine: a download may need to recompute
+                with self._step_on(system_name, pass_name, pass_cls.measures_timing):
+                    return self._run_pass_once(pass_name, entry, pass_cls, config, key, model, accelerator, system_name)
             except SystemUnavailable:
                 raise
             except OliveSystemsError as exc:
@@ -298,7 +327,7 @@ class Engine:
 
         def build(folder: Path) -> dict:
             result, job_dir = self._dispatch(system_name, job, model, accelerator, data_names, None, pass_name,
-                                             exclusive=pass_cls.measures_timing)
+                                             measures=pass_cls.measures_timing)
             os.rename(job_dir / "output" / result["output_model"]["path"], folder / "model")
             shutil.rmtree(job_dir, ignore_errors=True)
             return {"model": result["output_model"], "pass": pass_name, "type": entry["type"],
@@ -353,11 +382,12 @@ class Engine:
         return root
 
     def _dispatch(self, system_name: str, job: dict, model: ModelRef, accelerator: Accelerator,
-                  data_names: list[str], reference: dict | None, label: str, exclusive: bool) -> tuple[dict, Path]:
+                  data_names: list[str], reference: dict | None, label: str, measures: bool) -> tuple[dict, Path]:
         """Write a job (data as .npz, user scripts copied in), run it on a system, check its result.
-        An exclusive job (a measurement) runs only when nothing else runs on this machine."""
+        On this machine the job holds the machine lock itself: shared, and alone while it times."""
         self._materialize(model)
         system = self._system(system_name)
+        here = not getattr(system, "remote", False)  # remote jobs each have their own machine
         job_dir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=self._jobs_root()))
         data = {}
         for name in data_names:
@@ -373,14 +403,16 @@ class Engine:
                     "accelerator": accelerator.to_dict(), "data": data,
                     "reference": str(job_dir / "reference.npz") if reference is not None else None,
                     "output_dir": str(job_dir / "output"), "timeout_s": timeout}
+        side_by_side = self.engine["max_concurrency"]
+        if job["kind"] == "evaluation" and not measures and side_by_side > 1 and here:
+            # Jobs side by side each get their share of the cores: more ONNX Runtime threads than cores
+            # spin against each other. Quality metrics do not depend on the thread count (timings would).
+            document["intra_op_threads"] = max(1, (os.cpu_count() or 1) // side_by_side)
         write_json(job_dir / "job.json", document)
-        on_this_machine = self.machine.hold(exclusive) if not getattr(system, "remote", False) else nullcontext()
-        with on_this_machine, self._slots[system_name]:
-            began = time.perf_counter()
-            result = system.run_job(job_dir / "job.json", timeout, lambda line: self.emit("log", label, message=line))
-            self.jobs.append({"label": label, "kind": job["kind"], "system": system_name, "exclusive": exclusive,
-                              "start_s": round(began - self._started, 4),
-                              "end_s": round(time.perf_counter() - self._started, 4)})
+        began = time.perf_counter()
+        result = system.run_job(job_dir / "job.json", timeout, lambda line: self.emit("log", label, message=line))
+        self.jobs.append({"label": label, "kind": job["kind"], "system": system_name, "measures": measures,
+                          "start_s": round(began - self._started, 4), "end_s": round(time.perf_counter() - self._started, 4)})
         check(result, RESULT_SCHEMA, "result")
         if result["status"] != "succeeded":
             shutil.rmtree(job_dir, ignore_errors=True)
@@ -452,10 +484,10 @@ class Engine:
         metrics, artifacts, runtime = {}, {}, None
         timing = [m for m in self.metrics if m["type"] in TIMING_METRICS]
         quality = [m for m in self.metrics if m["type"] not in TIMING_METRICS]
-        for group, exclusive in ((quality, False), (timing, True)):
+        for group, is_timing in ((quality, False), (timing, True)):
             if group:
-                values, stored, runtime = self._evaluate_group(label, model, target, group, None if exclusive else reference,
-                                                               exclusive)
+                values, stored, runtime = self._evaluate_group(label, model, target, group, None if is_timing else reference,
+                                                               is_timing)
                 metrics.update(values)
                 artifacts = artifacts or stored
         order = [f"{m['name']}-{sub['name']}" for m in self.metrics for sub in m["sub_types"]]
@@ -463,7 +495,7 @@ class Engine:
         return metrics, artifacts, runtime
 
     def _evaluate_group(self, label: str, model: ModelRef, target: Target, metrics: list[dict], reference: dict | None,
-                        exclusive: bool):
+                        timing: bool):
         used = sorted({m["data_config"] for m in metrics if m.get("data_config")})
         system_name = self._evaluation_system(model, target)
         key = make_key({
@@ -477,36 +509,38 @@ class Engine:
             "reference": reference.get("__key__") if reference else None,
             "system": self.systems[system_name].fingerprint(("onnxruntime", "torch", "transformers")),
         })
-        step = "timing" if exclusive else "evaluation"
-        started = time.perf_counter()
-        hit = self.cache.get("evaluations", key)
-        if hit is not None and hit.pending and not self.cache.materialize(hit):
-            hit = None  # a corrupt shared evaluation: evaluate again
-        cached = hit is not None
-        if not cached:
-            self.emit("start", label, step=step)
+        step = "timing" if timing else "evaluation"
+        self._materialize(model)
+        with self._step_on(system_name, label, timing):
+            started = time.perf_counter()
+            hit = self.cache.get("evaluations", key)
+            if hit is not None and hit.pending and not self.cache.materialize(hit):
+                hit = None  # a corrupt shared evaluation: evaluate again
+            cached = hit is not None
+            if not cached:
+                self.emit("start", label, step=step)
 
-            def build(folder: Path) -> dict:
-                result, job_dir = self._dispatch(system_name, {"kind": "evaluation", "metrics": metrics}, model,
-                                                 target.accelerator, used, reference, label, exclusive=exclusive)
-                os.rename(job_dir / "output" / result["artifacts"], folder / "artifacts.npz")
-                shutil.rmtree(job_dir, ignore_errors=True)
-                return {"metrics": result["metrics"], "model": label, "system": system_name,
-                        "runtime": result.get("runtime")}
+                def build(folder: Path) -> dict:
+                    result, job_dir = self._dispatch(system_name, {"kind": "evaluation", "metrics": metrics}, model,
+                                                     target.accelerator, used, reference, label, measures=timing)
+                    os.rename(job_dir / "output" / result["artifacts"], folder / "artifacts.npz")
+                    shutil.rmtree(job_dir, ignore_errors=True)
+                    return {"metrics": result["metrics"], "model": label, "system": system_name,
+                            "runtime": result.get("runtime")}
 
-            hit = self._guarded(f"evaluation of {label}", lambda: self.cache.put("evaluations", key, build))
-        with np.load(hit.path / "artifacts.npz") as stored:
-            artifacts = {name: stored[name] for name in stored.files}
-        artifacts["__key__"] = key
-        seconds = round(time.perf_counter() - started, 3)
-        self.steps.append({"step": step, "name": label, "key": key, "cached": cached, "source": hit.source,
-                           "seconds": seconds})
-        self.emit("cached" if cached else "done", label, step=step, seconds=seconds, source=hit.source,
-                  metrics={k: v["value"] for k, v in hit.meta["metrics"].items()})
-        runtime = hit.meta.get("runtime") or {}
-        return hit.meta["metrics"], artifacts, (
-            {"package": runtime.get("package") or "onnxruntime", "version": runtime["onnxruntime"]}
-            if runtime.get("onnxruntime") and model.type == "OnnxModel" else None)
+                hit = self._guarded(f"evaluation of {label}", lambda: self.cache.put("evaluations", key, build))
+            with np.load(hit.path / "artifacts.npz") as stored:
+                artifacts = {name: stored[name] for name in stored.files}
+            artifacts["__key__"] = key
+            seconds = round(time.perf_counter() - started, 3)
+            self.steps.append({"step": step, "name": label, "key": key, "cached": cached, "source": hit.source,
+                               "seconds": seconds})
+            self.emit("cached" if cached else "done", label, step=step, seconds=seconds, source=hit.source,
+                      metrics={k: v["value"] for k, v in hit.meta["metrics"].items()})
+            runtime = hit.meta.get("runtime") or {}
+            return hit.meta["metrics"], artifacts, (
+                {"package": runtime.get("package") or "onnxruntime", "version": runtime["onnxruntime"]}
+                if runtime.get("onnxruntime") and model.type == "OnnxModel" else None)
 
 
 def _point_text(values: dict) -> dict:

@@ -65,6 +65,9 @@ JOB_SCHEMA = {
         "reference": {"type": ["string", "null"], "description": ".npz of the input model's outputs"},
         "output_dir": {"type": "string"},
         "timeout_s": {"type": "number", "exclusiveMinimum": 0},
+        "intra_op_threads": {"type": ["integer", "null"], "minimum": 1,
+                             "description": "threads per ONNX Runtime session of an evaluation that shares the machine "
+                                            "with other jobs (its share of the cores); null: the model's own settings"},
     },
     "required": ["contract_version", "job_id", "kind", "input_model", "accelerator", "data", "output_dir", "timeout_s"],
     "allOf": [

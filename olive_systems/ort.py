@@ -34,11 +34,15 @@ def session_options(settings: dict):
     return options
 
 
-def create_session(model_path: Path, settings: dict | None, execution_provider: str):
-    """A session on the requested EP. ONNX Runtime falls back to CPU silently; we make it an error."""
+def create_session(model_path: Path, settings: dict | None, execution_provider: str, intra_op_threads: int | None = None):
+    """A session on the requested EP. ONNX Runtime falls back to CPU silently; we make it an error.
+    intra_op_threads overrides the settings' thread count (a job's share of a shared machine)."""
     import onnxruntime as ort
 
     settings = settings or default_inference_settings(execution_provider)
+    if intra_op_threads:
+        settings = {**settings, "session_options": {**settings.get("session_options", {}),
+                                                    "intra_op_num_threads": intra_op_threads}}
     available = ort.get_available_providers()
     if execution_provider not in available:
         raise OliveSystemsError(

@@ -95,7 +95,9 @@ class WorkflowOutput:
         self.input_model_metrics: dict | None = data.get("input_model_metrics")
         self.failures: list[dict] = data.get("failures", [])
         self.steps: list[dict] = data.get("steps", [])
-        self.jobs: list[dict] = data.get("jobs", [])  # each job's label, system, start_s/end_s, exclusive
+        self.jobs: list[dict] = data.get("jobs", [])  # each job's label, system, start_s/end_s, whether it measures
+        # When work held this machine, and how: "shared", or "alone" for a timing loop.
+        self.machine_use: list[dict] = data.get("machine_use", [])
         self.output_dir: str | None = data.get("output_dir")
         grouped: dict[str, dict[str, list[ModelOutput]]] = {}
         for model in data.get("models", []):

@@ -174,7 +174,7 @@ def _run_evaluation(job: dict, out_dir: Path, log) -> dict:
         with np.load(job["reference"]) as stored:
             reference = {name: stored[name] for name in stored.files}
     metrics, artifacts = evaluate(ModelRef.from_dict(job["input_model"]), job["metrics"], _data(job),
-                                  job["accelerator"]["execution_provider"], reference)
+                                  job["accelerator"]["execution_provider"], reference, job.get("intra_op_threads"))
     np.savez(out_dir / "artifacts.npz", **artifacts)
     return {"metrics": metrics, "artifacts": "artifacts.npz"}
 

@@ -311,7 +311,7 @@ def test_engine_runs_independent_azureml_jobs_together(tiny_bert, tmp_path, monk
     assert len(output.get_output_models()) == 4
     assert {j["system"] for j in output.jobs if j["label"] != "conversion" and "input" not in j["label"]} == {"aml"}
     assert compute.most_at_once >= 3
-    timed = [j for j in output.jobs if j["system"] == "aml" and j["exclusive"]]
+    timed = [j for j in output.jobs if j["system"] == "aml" and j["measures"]]
     overlapping = lambda a, b: a["start_s"] < b["end_s"] and b["start_s"] < a["end_s"]  # noqa: E731
     assert any(overlapping(t, j) for t in timed for j in output.jobs if j is not t)
 

@@ -164,13 +164,17 @@ def test_search_runs_side_by_side_and_measurements_have_the_machine_alone(tiny_b
     assert len(output.failures) == 4 and all("onnx.export failed" in f["error"] for f in output.failures)
     assert any(m.pareto for m in models)
 
-    jobs = output.jobs
+    # Every timing loop had the machine alone: no other work (a job, or the engine hashing and
+    # tokenizing for one) held it at the same time. Other work did run side by side.
+    use = output.machine_use
     overlapping = lambda a, b: a["start_s"] < b["end_s"] and b["start_s"] < a["end_s"]  # noqa: E731
-    for timed in (j for j in jobs if j["exclusive"]):
-        assert not [j["label"] for j in jobs if j is not timed and overlapping(timed, j)], timed
-    shared = [j for j in jobs if not j["exclusive"]]
+    alone = [u for u in use if u["mode"] == "alone"]
+    assert len(alone) == 4 + 1  # each candidate's latency, and the input model's
+    for timed in alone:
+        assert not [u["label"] for u in use if u is not timed and overlapping(timed, u)], timed
+    shared = [u for u in use if u["mode"] == "shared" and "(job)" not in u["label"]]
     assert any(overlapping(a, b) for i, a in enumerate(shared) for b in shared[i + 1:]), "nothing ran side by side"
-    assert len([j for j in jobs if j["label"] == "conversion"]) == 2  # one export per opset, shared by the trials
+    assert len([j for j in output.jobs if j["label"] == "conversion"]) == 2  # one export per opset, shared by the trials
 
 
 def test_side_by_side_gives_the_sequential_results(tiny_bert, tmp_path):

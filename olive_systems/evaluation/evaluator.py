@@ -17,10 +17,10 @@ from .metrics import classification_scores, fidelity_scores, fit_threshold, high
 class ModelRunner:
     """Runs a model on feed dicts and returns its first output; one class for torch and ONNX models."""
 
-    def __init__(self, model: ModelRef, execution_provider: str):
+    def __init__(self, model: ModelRef, execution_provider: str, intra_op_threads: int | None = None):
         self.model = model
         if model.type == "OnnxModel":
-            self.session = create_session(model.onnx_path, model.inference_settings, execution_provider)
+            self.session = create_session(model.onnx_path, model.inference_settings, execution_provider, intra_op_threads)
             self.input_names = [arg.name for arg in self.session.get_inputs()]
             self.output_name = self.session.get_outputs()[0].name
         elif model.type == "HfModel":  # runs in torch on the CPU, whatever the accelerator: it is the reference
@@ -53,11 +53,11 @@ class ModelRunner:
 
 
 def evaluate(model: ModelRef, metrics: list[dict], data: dict[str, tuple[dict, Batches]], execution_provider: str,
-             reference: dict | None) -> tuple[dict, dict]:
+             reference: dict | None, intra_op_threads: int | None = None) -> tuple[dict, dict]:
     """Returns (metrics, artifacts). `data` maps a data config name to its config and pre-processed
     batches. Artifacts of the input model are the reference for candidates: its pooled outputs (for
     fidelity) and any fitted accuracy thresholds."""
-    runner = ModelRunner(model, execution_provider)
+    runner = ModelRunner(model, execution_provider, intra_op_threads)
     loaded: dict[str, tuple[Batches, list[np.ndarray]]] = {}
     data_configs = {name: config for name, (config, _) in data.items()}
 
