@@ -256,18 +256,32 @@ def test_failed_packaging_leaves_no_half_written_zip(run, tmp_path, monkeypatch)
     assert not list(out.glob("*.zip")) and not list(out.glob(".*.tmp-*"))
 
 
+def wheel(folder: Path, package: str, version: str) -> Path:
+    """A minimal, valid wheel of package==version (pip reads its metadata): a stand-in for the real
+    multi-MB runtime wheels, so the lookup is tested the same on every machine."""
+    folder.mkdir(parents=True, exist_ok=True)
+    dist = f"{package.replace('-', '_')}-{version}"
+    path = folder / f"{dist}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(f"{dist}.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {package}\nVersion: {version}\n")
+        archive.writestr(f"{dist}.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        archive.writestr(f"{dist}.dist-info/RECORD", "")
+    return path
+
+
 def test_wheels_follow_each_candidates_runtime(run, tmp_path, monkeypatch):
-    """One wheel per distinct package and version; one that no source has is a warning and a README."""
+    """One wheel per distinct package and version, fetched by `pip download` when nothing local has
+    it; one that no source has is a warning and a README."""
     out, data = copied_output(run, tmp_path)
     data = copy.deepcopy(data)
     data["models"][0]["runtime"] = {"package": "onnxruntime", "version": ORT_VERSION}
     data["models"][1]["runtime"] = {"package": "onnxruntime", "version": "0.0.1"}
-    # no index, no image wheels: pip download looks in an empty folder and fails at once
-    empty = tmp_path / "empty"
-    empty.mkdir()
+    # no index and no image wheels: pip download finds only what this folder holds
+    links = tmp_path / "links"
+    wheel(links, "onnxruntime", ORT_VERSION)
     monkeypatch.setenv("PIP_NO_INDEX", "1")
-    monkeypatch.setenv("PIP_FIND_LINKS", str(REPO / "images" / ".wheels") if (REPO / "images" / ".wheels").is_dir() else str(empty))
-    monkeypatch.setattr(ort_packages, "IMAGE_WHEELS", empty)
+    monkeypatch.setenv("PIP_FIND_LINKS", str(links))
+    monkeypatch.setattr(ort_packages, "IMAGE_WHEELS", tmp_path / "no-image-wheels")
     warnings = []
     [written] = package(WorkflowOutput(data), {"type": "Zipfile", "name": "Pkg"}, out, warn=warnings.append)
     with zipfile.ZipFile(written) as archive:
@@ -276,16 +290,16 @@ def test_wheels_follow_each_candidates_runtime(run, tmp_path, monkeypatch):
     assert "onnxruntime==0.0.1" in readme
     assert "pip download --no-deps --only-binary=:all: onnxruntime==0.0.1 -d ONNXRuntimePackages" in readme
     assert len(warnings) == 1 and "onnxruntime==0.0.1" in warnings[0]
-    if (REPO / "images" / ".wheels").is_dir():  # found through `pip download` from the find-links folder
-        assert [Path(n).name.split("-")[:2] for n in packages if n.endswith(".whl")] == [["onnxruntime", ORT_VERSION]]
+    assert [Path(n).name.split("-")[:2] for n in packages if n.endswith(".whl")] == [["onnxruntime", ORT_VERSION]]
 
 
-def test_openvino_runtime_packs_its_own_wheel(run, tmp_path):
-    wheels = REPO / "images" / ".wheels"
-    openvino = sorted(wheels.glob("onnxruntime_openvino-*.whl")) if wheels.is_dir() else []
-    if not openvino:
-        pytest.skip("images/.wheels has no onnxruntime-openvino wheel (make images fetches it)")
-    version = openvino[0].name.split("-")[1]
+def test_openvino_runtime_packs_its_own_wheel(run, tmp_path, monkeypatch):
+    """A candidate scored in the OpenVINO image gets the onnxruntime-openvino wheel, from the image wheels."""
+    version = "1.24.1"
+    images = tmp_path / "image-wheels"
+    wheel(images, "onnxruntime-openvino", version)
+    wheel(images, "onnxruntime", ORT_VERSION)
+    monkeypatch.setattr(ort_packages, "IMAGE_WHEELS", images)
     out, data = copied_output(run, tmp_path)
     data["models"][1]["runtime"] = {"package": "onnxruntime-openvino", "version": version}
     [written] = package(WorkflowOutput(data), {"type": "Zipfile", "name": "Pkg"}, out)
