@@ -32,7 +32,7 @@ from olive_systems.packaging import ort_packages
 from olive_systems.packaging.samples import render_samples
 from olive_systems.packaging.zipfile import candidate_layout
 
-from conftest import REPO, tiny_recipe
+from conftest import tiny_recipe
 
 HAS_MLFLOW = importlib.util.find_spec("mlflow") is not None
 ORT_VERSION = metadata.version("onnxruntime")
