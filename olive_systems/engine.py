@@ -61,18 +61,17 @@ class Engine:
         self.systems = {name: make_system(cfg, name) for name, cfg in recipe["systems"].items()}
         self._started_systems: list = []
         targets = self.engine["target"] if isinstance(self.engine["target"], list) else [self.engine["target"]]
-        self.targets = [Target(Accelerator(acc["device"], ep), name, 0) for name in targets
-                        for acc in recipe["systems"][name].get("accelerators", [{"device": "cpu"}])
-                        for ep in acc.get("execution_providers", ["CPUExecutionProvider"])]
-        for index, target in enumerate(self.targets):
-            target.index = index
+        pairs = [(Accelerator(acc["device"], ep), name) for name in targets
+                 for acc in recipe["systems"][name].get("accelerators", [{"device": "cpu"}])
+                 for ep in acc.get("execution_providers", ["CPUExecutionProvider"])]
+        self.targets = [Target(accelerator, name, index) for index, (accelerator, name) in enumerate(pairs)]
         self.several = len(self.targets) > 1
         evaluator = self.engine.get("evaluator")
         self.metrics = recipe["evaluators"][evaluator]["metrics"] if evaluator else []
         self.steps: list[dict] = []
         self.jobs: list[dict] = []  # when each job ran, where, and whether it measured
         self._started = time.perf_counter()
-        self._started_wall = time.time()  # jobs report their machine use in epoch seconds
+        self._started_wall = time.time()  # the machine lock records epoch seconds
         self._memo: dict[str, tuple[ModelRef, bool]] = {}
         self._failed: dict[str, OliveSystemsError] = {}  # pass runs that failed in this run: not tried again
         self._pending: dict[str, tuple] = {}  # entry folder -> (shared entry not yet downloaded, recompute)
