@@ -76,6 +76,12 @@ def _image_dir(name: str, repo_root: Path) -> Path:
     return folder
 
 
+def system_image(config: dict, override: str) -> str:
+    """The image a docker or AzureML system runs: config[override] when given, else the tag of
+    its images/ folder (config["image"], cpu by default)."""
+    return config.get(override) or image_tag(config.get("image", "cpu"))
+
+
 def image_tag(name: str, repo_root: Path | str = REPO_ROOT) -> str:
     """`olive-systems/<name>:<12 hex>`: sha256 of the image folder's Dockerfile and
     requirements.txt, images/check_image.py and the olive-systems version.

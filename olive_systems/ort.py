@@ -10,6 +10,23 @@ EXECUTION_MODES = {"ORT_SEQUENTIAL": 0, "ORT_PARALLEL": 1}
 GRAPH_OPT_LEVELS = {0: "ORT_DISABLE_ALL", 1: "ORT_ENABLE_BASIC", 2: "ORT_ENABLE_EXTENDED", 99: "ORT_ENABLE_ALL"}
 
 
+# Distributions that provide `import onnxruntime`; an EP build before the plain one, which may sit beside it.
+ORT_DISTRIBUTIONS = ("onnxruntime-openvino", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-qnn",
+                     "onnxruntime-training", "onnxruntime")
+
+
+def installed_runtime() -> dict | None:
+    """The ONNX Runtime wheel installed here (they all import as onnxruntime), as {"package", "version"}."""
+    from importlib import metadata
+
+    for name in ORT_DISTRIBUTIONS:
+        try:
+            return {"package": name, "version": metadata.version(name)}
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
 def default_inference_settings(execution_provider: str) -> dict:
     return {"execution_provider": [[execution_provider, {}]], "session_options": {}}
 

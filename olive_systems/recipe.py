@@ -199,8 +199,9 @@ def load_recipe(source, base_dir: Path | None = None) -> dict:
         if not path.is_file():
             raise RecipeError(f"recipe '{source}' not found", "give the path of a .yaml or .json recipe")
         raw = _with_base(_parse(path), path, [path.resolve()])
-    _validate(raw, name)
-    recipe = _normalize(raw, base, name)
+    schema = recipe_schema()  # built once: it imports and asks every pass
+    _validate(raw, name, schema)
+    recipe = _normalize(raw, base, name, schema)
     _check_references(recipe, name)
     return recipe
 
@@ -241,27 +242,32 @@ def _with_base(data: dict, path: Path, chain: list[Path]) -> dict:
 def _anchor(data: dict, folder: Path) -> dict:
     """A base recipe's relative paths are relative to its own folder, wherever the recipe that
     extends it lives: make them absolute before merging."""
-    def fix(holder: dict, key: str):
-        value = holder.get(key) if isinstance(holder, dict) else None
-        if isinstance(value, list):
-            holder[key] = [str(folder / v) if isinstance(v, str) and not Path(v).expanduser().is_absolute() else v for v in value]
-        elif isinstance(value, str) and not value.startswith("azureml:") and not Path(value).expanduser().is_absolute():
-            holder[key] = str(folder / value)
+    def anchored(value):
+        relative = isinstance(value, str) and not value.startswith("azureml:") and not Path(value).expanduser().is_absolute()
+        return str(folder / value) if relative else value
 
-    model = data.get("input_model") or {}
-    for key in ("model_path", "model_script"):
-        fix(model, key)
-    for dc in data.get("data_configs") or []:
-        fix(dc.get("load_dataset_config") or {}, "data_files")
-        for key in ("user_script", "tokenizer"):
-            fix(dc, key)
-    for evaluator in (data.get("evaluators") or {}).values():
-        for metric in evaluator.get("metrics") or []:
-            fix(metric.get("user_config") or {}, "user_script")
-    for system in (data.get("systems") or {}).values():
-        fix(system, "requirements")
-        fix(system.get("azureml_client") or {}, "config_path")
+    for holder, key, _where, _remote in _resource_slots(data):
+        if key in holder:
+            value = holder[key]
+            holder[key] = [anchored(v) for v in value] if isinstance(value, list) else anchored(value)
     return data
+
+
+def _resource_slots(recipe: dict):
+    """Every place a recipe names a file or folder: (holder, key, path in the recipe, may be remote)."""
+    model = recipe.get("input_model") or {}
+    yield model, "model_path", "input_model.model_path", True
+    yield model, "model_script", "input_model.model_script", False
+    for index, dc in enumerate(recipe.get("data_configs") or []):
+        yield dc.get("load_dataset_config") or {}, "data_files", f"data_configs[{index}].load_dataset_config.data_files", False
+        for key in ("user_script", "tokenizer"):
+            yield dc, key, f"data_configs[{index}].{key}", False
+    for name, evaluator in (recipe.get("evaluators") or {}).items():
+        for index, metric in enumerate(evaluator.get("metrics") or []):
+            yield metric.get("user_config") or {}, "user_script", f"evaluators.{name}.metrics[{index}].user_config.user_script", False
+    for name, system in (recipe.get("systems") or {}).items():
+        yield system, "requirements", f"systems.{name}.requirements", False
+        yield system.get("azureml_client") or {}, "config_path", f"systems.{name}.azureml_client.config_path", False
 
 
 def _merge(base, override):
@@ -284,11 +290,11 @@ def _did_you_mean(word, choices) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
-def _validate(raw: dict, name: str) -> None:
+def _validate(raw: dict, name: str, schema: dict) -> None:
     from jsonschema import Draft202012Validator
 
     messages = []
-    for error in _leaf_errors(Draft202012Validator(recipe_schema()).iter_errors(raw)):
+    for error in _leaf_errors(Draft202012Validator(schema).iter_errors(raw)):
         where = _path_text(error.absolute_path)
         if error.validator == "additionalProperties" and error.schema.get("additionalProperties") is False:
             known = list(error.schema.get("properties", {}))
@@ -321,43 +327,27 @@ def _leaf_errors(errors):
         yield error
 
 
-def _normalize(raw: dict, base: Path, name: str) -> dict:
+def _normalize(raw: dict, base: Path, name: str, schema: dict) -> dict:
     recipe = copy.deepcopy(raw)
     recipe["name"] = name
     recipe["base_dir"] = str(base)
-    model = recipe["input_model"]
-    model.setdefault("task", "feature-extraction")
-    model["model_path"] = str(resolve_resource(model["model_path"], base, f"{name}: input_model.model_path", remote=True))
-    if model.get("model_script"):
-        model["model_script"] = str(resolve_resource(model["model_script"], base, f"{name}: input_model.model_script"))
+    recipe["input_model"].setdefault("task", "feature-extraction")
+    for holder, key, where, remote in _resource_slots(recipe):
+        value = holder.get(key)
+        if not value:
+            continue
+        if isinstance(value, list) or key == "data_files":  # data_files: always a list from here on
+            holder[key] = [str(resolve_resource(v, base, f"{name}: {where}")) for v in ([value] if isinstance(value, str) else value)]
+        else:
+            holder[key] = str(resolve_resource(value, base, f"{name}: {where}", remote=remote))
     data_configs = {}
     for index, dc in enumerate(recipe.get("data_configs", [])):
-        where = f"{name}: data_configs[{index}]"
-        load = dc["load_dataset_config"]
-        files = load.get("data_files")
-        if files is not None:
-            listed = [files] if isinstance(files, str) else files
-            load["data_files"] = [str(resolve_resource(f, base, f"{where}.load_dataset_config.data_files")) for f in listed]
-        for key in ("user_script", "tokenizer"):
-            if dc.get(key):
-                dc[key] = str(resolve_resource(dc[key], base, f"{where}.{key}"))
         if dc["name"] in data_configs:
-            raise RecipeError(f"{where}: data config name '{dc['name']}' is used twice", "give each data config its own name")
+            raise RecipeError(f"{name}: data_configs[{index}]: data config name '{dc['name']}' is used twice",
+                              "give each data config its own name")
         data_configs[dc["name"]] = dc
     recipe["data_configs"] = data_configs
-    for evaluator_name, evaluator in recipe.get("evaluators", {}).items():
-        for index, metric in enumerate(evaluator["metrics"]):
-            script = metric.get("user_config", {}).get("user_script")
-            if script:
-                metric["user_config"]["user_script"] = str(
-                    resolve_resource(script, base, f"{name}: evaluators.{evaluator_name}.metrics[{index}].user_config.user_script"))
     recipe.setdefault("systems", {"local_system": copy.deepcopy(DEFAULT_SYSTEM)})
-    for system_name, system in recipe["systems"].items():
-        if system.get("requirements"):
-            system["requirements"] = str(resolve_resource(system["requirements"], base, f"{name}: systems.{system_name}.requirements"))
-        client = system.get("azureml_client") or {}
-        if client.get("config_path"):
-            client["config_path"] = str(resolve_resource(client["config_path"], base, f"{name}: systems.{system_name}.azureml_client.config_path"))
     recipe.setdefault("evaluators", {})
     recipe.setdefault("pass_flows", [list(recipe["passes"])])
     engine = recipe.setdefault("engine", {})
@@ -365,7 +355,7 @@ def _normalize(raw: dict, base: Path, name: str) -> dict:
     engine.setdefault("target", engine["host"])
     if "evaluator" not in engine and len(recipe["evaluators"]) == 1:
         engine["evaluator"] = next(iter(recipe["evaluators"]))
-    for key, prop in recipe_schema()["properties"]["engine"]["properties"].items():
+    for key, prop in schema["properties"]["engine"]["properties"].items():
         if "default" in prop:
             engine.setdefault(key, prop["default"])
     return recipe

@@ -88,23 +88,12 @@ def _runtime() -> dict:
     try:
         import onnxruntime
 
+        from .ort import installed_runtime
+
         return {"onnxruntime": onnxruntime.__version__, "providers": onnxruntime.get_available_providers(),
-                "package": _ort_distribution()}
+                "package": (installed_runtime() or {}).get("package")}
     except ImportError:
         return {}
-
-
-def _ort_distribution() -> str | None:
-    """Which ONNX Runtime wheel is installed here (they all import as onnxruntime): what packaging ships."""
-    from importlib import metadata
-
-    for name in ("onnxruntime-openvino", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-qnn", "onnxruntime"):
-        try:
-            metadata.version(name)
-            return name
-        except metadata.PackageNotFoundError:
-            continue
-    return None
 
 
 def load_hf_token(vault_name: str) -> None:

@@ -18,6 +18,7 @@ side by side, so asking never waits for a result unless the algorithm needs one.
 from __future__ import annotations
 
 import itertools
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -234,9 +235,7 @@ class RandomSampler:
     def __init__(self, dims: list[Dimension], num_samples: int, seed: int):
         self.dims = dims
         sizes = [len(d.values) for d in dims]
-        total = 1
-        for size in sizes:
-            total *= size
+        total = math.prod(sizes)
         self._indices = iter(random.Random(seed).sample(range(total), min(num_samples, total)))
         self._sizes = sizes
 

@@ -13,27 +13,14 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 
+from ..ort import installed_runtime
 from ..output import ModelOutput
 
 # Where `olive_systems.images` keeps the wheels it fetched for the images (a source checkout only).
 IMAGE_WHEELS = Path(__file__).resolve().parents[2] / "images" / ".wheels"
-# Distributions that provide `import onnxruntime`, the plain one first.
-ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml",
-                     "onnxruntime-qnn", "onnxruntime-training")
 DOWNLOAD_TIMEOUT_S = 600
-
-
-def installed_runtime() -> dict | None:
-    """The ONNX Runtime distribution installed here, as {"package", "version"}."""
-    for name in ORT_DISTRIBUTIONS:
-        try:
-            return {"package": name, "version": metadata.version(name)}
-        except metadata.PackageNotFoundError:
-            continue
-    return None
 
 
 def runtime_of(model: ModelOutput) -> dict | None:

@@ -74,11 +74,9 @@ class AzureMLSystem:
     @property
     def image(self) -> str:
         """The full image reference the compute pulls: environment_image, else the images/ tag."""
-        if self.config.get("environment_image"):
-            return self.config["environment_image"]
-        from ..images import image_tag
+        from ..images import system_image
 
-        return image_tag(self.config.get("image", "cpu"))
+        return system_image(self.config, "environment_image")
 
     def fingerprint(self, packages: tuple) -> dict:
         return {"system": "azureml", "image": self.image}

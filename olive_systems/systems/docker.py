@@ -46,11 +46,9 @@ class DockerSystem:
 
     @property
     def tag(self) -> str:
-        if self.config.get("image_tag"):
-            return self.config["image_tag"]
-        from ..images import image_tag
+        from ..images import system_image
 
-        return image_tag(self.config.get("image", "cpu"))
+        return system_image(self.config, "image_tag")
 
     def fingerprint(self, packages: tuple) -> dict:
         """The image tag hashes its Dockerfile and exact pins, so it names every package version."""
