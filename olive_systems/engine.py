@@ -252,9 +252,16 @@ class Engine:
                                  lambda: fetch_remote_model(source, self.cache.root, workspace_for(source, self.recipe)))
         else:
             path = Path(spec["model_path"])
+        known_hash = None
+        if spec.get("gguf_file"):  # read once into a Hugging Face folder in the cache, named by the file's hash
+            from .llm.gguf import materialize_gguf
+
+            path = self._guarded("reading the GGUF checkpoint", lambda: materialize_gguf(
+                path / spec["gguf_file"], self.cache.root, lambda message: self.emit("log", "gguf", message=message)))
+            known_hash = path.name
         folder = path if path.is_dir() else path.parent
         # The model script and io config shape the export, so they are part of the model's identity.
-        extra = json.dumps({k: spec.get(k) for k in ("io_config", "dummy_inputs_func", "task")}, sort_keys=True).encode()
+        extra = json.dumps({k: spec.get(k) for k in ("io_config", "dummy_inputs_func", "task", "gguf_file")}, sort_keys=True).encode()
         if spec.get("model_script"):
             extra += Path(spec["model_script"]).read_bytes()
         model = ModelRef(
@@ -266,7 +273,7 @@ class Engine:
         if spec["type"] == "OnnxModel" and path.is_file() and path.name != "model.onnx":
             raise OliveSystemsError(f"input_model.model_path: ONNX model files must be named model.onnx ({path.name})",
                                     "point model_path at the folder holding model.onnx, or rename the file")
-        model.hash = folder_sha256(folder, extra)
+        model.hash = hashlib.sha256(known_hash.encode() + extra).hexdigest() if known_hash else folder_sha256(folder, extra)
         return model
 
     def _run_flow(self, flow: list[str], model: ModelRef, target: Target, point: dict) -> tuple[ModelRef, list[dict]]:

@@ -13,7 +13,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ONNX_FILE = "model.onnx"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".onnx.data", ".h5", ".msgpack")
+ONNX_DATA_FILE = "model.onnx.data"  # the one external data file every model this package writes uses
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".onnx.data", ".onnx_data", ".data",
+                   ".h5", ".msgpack")
+# Over this a model is written with external data: protobuf cannot serialize a message of 2 GiB or more.
+EXTERNAL_DATA_THRESHOLD = int(1.8 * 2**30)
 
 # Standard Hugging Face tasks: which Auto class loads them and what their ONNX outputs are.
 HF_TASKS = {
@@ -26,7 +30,22 @@ HF_TASKS = {
         "AutoModelForQuestionAnswering",
         {"start_logits": {0: "batch_size", 1: "sequence_length"}, "end_logits": {0: "batch_size", 1: "sequence_length"}},
     ),
+    # Decoders: their ONNX inputs and outputs (KV cache included) come from llm.spec.DecoderSpec.
+    "text-generation": ("AutoModelForCausalLM", None),
+    "text-generation-with-past": ("AutoModelForCausalLM", None),
 }
+# Olive's and Optimum's other names for the same generative tasks.
+TASK_ALIASES = {"causal-lm": "text-generation", "causal-lm-with-past": "text-generation-with-past",
+                "text-generation-with-kv-cache": "text-generation-with-past"}
+GENERATIVE_TASKS = ("text-generation", "text-generation-with-past")
+
+
+def canonical_task(task: str | None) -> str | None:
+    return TASK_ALIASES.get(task, task)
+
+
+def is_generative(task: str | None) -> bool:
+    return canonical_task(task) in GENERATIVE_TASKS
 
 
 @dataclass
@@ -85,17 +104,24 @@ def folder_sha256(folder: Path, extra: bytes = b"") -> str:
 
 
 def copy_side_files(src_folder: Path, dst_folder: Path) -> None:
-    """Carry tokenizer, config and other non-weight files over to a new model folder."""
+    """Carry tokenizer, config and other non-weight files over to a new model folder: never the
+    weights, nor an ONNX model's external data whatever its name (the new model writes its own)."""
+    external = set(external_data_files(src_folder))
     for path in folder_files(src_folder):
-        if path.name.endswith(WEIGHT_SUFFIXES):
+        relative = path.relative_to(src_folder).as_posix()
+        if path.name.endswith(WEIGHT_SUFFIXES) or relative in external:
             continue
-        target = dst_folder / path.relative_to(src_folder)
+        target = dst_folder / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target)
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link when possible (same file system, instant); copy otherwise."""
+    """Hard-link when possible (same file system, instant); copy otherwise. External data (*.data) is
+    always copied: onnx >= 1.23 refuses to load a data file with more than one hard link."""
+    if src.name.endswith(".data"):
+        copy_file(src, dst)
+        return
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(src, dst)
@@ -103,17 +129,156 @@ def link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+_FICLONE = 0x40049409  # Linux ioctl: share the source's blocks copy-on-write (btrfs, XFS, overlayfs on those)
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    """A file of its own (never a hard link): a reflink where the file system has them, else a copy."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists() or dst.is_symlink():
+        dst.unlink()
+    try:
+        import fcntl
+
+        with open(src, "rb") as source, open(dst, "wb") as target:
+            fcntl.ioctl(target.fileno(), _FICLONE, source.fileno())
+        shutil.copystat(src, dst)
+        return
+    except (ImportError, OSError):  # no reflinks here (another FS, not Linux): a plain copy
+        pass
+    shutil.copy2(src, dst)
+
+
 def copy_tree(src: Path, dst: Path) -> None:
+    """Every file of a model folder: hard links where allowed, copies of external data."""
+    external = set(external_data_files(src))
     for path in folder_files(src):
-        link_or_copy(path, dst / path.relative_to(src))
+        relative = path.relative_to(src).as_posix()
+        if relative in external or path.name.endswith(".data"):
+            copy_file(path, dst / relative)
+        else:
+            link_or_copy(path, dst / relative)
 
 
-def load_hf_model(ref: ModelRef):
+def copy_onnx_model(src_folder: Path, dst_folder: Path) -> None:
+    """model.onnx and its external data, under the names model.onnx refers to, into a folder of its own
+    (a private copy a tool may write scratch files beside): the data files are copies, never links."""
+    dst_folder.mkdir(parents=True, exist_ok=True)
+    link_or_copy(src_folder / ONNX_FILE, dst_folder / ONNX_FILE)
+    for relative in external_data_files(src_folder, [ONNX_FILE]):
+        copy_file(src_folder / relative, dst_folder / relative)
+
+
+# ---- ONNX files with and without external data ----
+
+def _tensors(graph):
+    """Every TensorProto of a graph and its subgraphs: initializers and constant attributes."""
+    for tensor in graph.initializer:
+        yield tensor
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("sparse_tensor"):
+                yield attribute.sparse_tensor.values
+                yield attribute.sparse_tensor.indices
+            if attribute.HasField("g"):
+                yield from _tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _tensors(subgraph)
+
+
+def external_data_files(folder: Path, onnx_names: list[str] | None = None) -> list[str]:
+    """Files of the folder (relative POSIX paths) that its ONNX model(s) read as external data."""
+    import onnx
+
+    folder = Path(folder)
+    names = onnx_names if onnx_names is not None else [p.relative_to(folder).as_posix()
+                                                       for p in folder.rglob("*.onnx") if p.is_file()]
+    found = set()
+    for name in names:
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception:  # not an ONNX model after all: it refers to nothing
+            continue
+        for tensor in _tensors(proto.graph):
+            if tensor.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            location = next((item.value for item in tensor.external_data if item.key == "location"), None)
+            if not location:
+                continue
+            target = (path.parent / location).resolve()
+            try:
+                relative = target.relative_to(folder.resolve()).as_posix()
+            except ValueError:  # outside the folder: onnx refuses it anyway
+                continue
+            if target.is_file():
+                found.add(relative)
+    return sorted(found)
+
+
+def has_external_data(folder: Path) -> bool:
+    """Whether the folder's model.onnx keeps tensors in external data files."""
+    return bool(external_data_files(Path(folder), [ONNX_FILE]))
+
+
+def load_onnx(folder: Path, load_external_data: bool = True):
+    """The folder's model.onnx as a ModelProto, its external data read in (unless asked not to)."""
+    import onnx
+
+    return onnx.load(str(Path(folder) / ONNX_FILE), load_external_data=load_external_data)
+
+
+def _too_big_for_one_file(model_proto, size_threshold: int) -> bool:
+    try:
+        return model_proto.ByteSize() > size_threshold
+    except Exception:  # protobuf refuses to even size it: certainly too big
+        return True
+
+
+def save_onnx(model_proto, folder: Path, external_data: bool | None = None,
+              size_threshold: int = EXTERNAL_DATA_THRESHOLD) -> bool:
+    """Write model_proto as folder/model.onnx. Its tensors go to folder/model.onnx.data when
+    external_data is true (pass "the input had external data"), or when the model is over
+    size_threshold bytes (protobuf's 2 GiB limit). Returns whether a data file was written.
+
+    model_proto must hold its tensors (loaded with external data); saving with external data
+    moves them out of it, so reload the folder to read them again."""
+    import onnx
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path, data = folder / ONNX_FILE, folder / ONNX_DATA_FILE
+    for stale in (path, data):  # onnx appends to an existing data file
+        if stale.exists() or stale.is_symlink():
+            stale.unlink()
+    external = bool(external_data) or _too_big_for_one_file(model_proto, size_threshold)
+    if not external:
+        onnx.save_model(model_proto, str(path))
+        return False
+    onnx.save_model(model_proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=ONNX_DATA_FILE, size_threshold=1024, convert_attribute=True)
+    return data.is_file()
+
+
+def load_hf_model(ref: ModelRef, **kwargs):
     """Load a Hugging Face model for its task (torch and transformers are imported only here)."""
     import transformers
 
-    auto_class, _ = HF_TASKS.get(ref.task or "feature-extraction", HF_TASKS["feature-extraction"])
-    model = getattr(transformers, auto_class).from_pretrained(ref.path)
+    from .errors import RecipeError
+
+    task = canonical_task(ref.task or "feature-extraction")
+    if task not in HF_TASKS:  # never fall back to a model without its head
+        raise RecipeError(f"input_model.task '{ref.task}' is not a task olive-systems knows",
+                          f"use one of {sorted(HF_TASKS)}")
+    model = getattr(transformers, HF_TASKS[task][0]).from_pretrained(ref.path, **(kwargs or {}))
     model.eval()
     return model
 

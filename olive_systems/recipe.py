@@ -78,9 +78,13 @@ def recipe_schema() -> dict:
                 "properties": {
                     "type": {"enum": ["HfModel", "OnnxModel"]},
                     "model_path": RESOURCE_SCHEMA,
-                    "task": {"type": "string", "default": "feature-extraction"},
+                    "task": {"enum": known_tasks(), "default": "feature-extraction",
+                             "description": "decides the model class (its head) and the ONNX inputs and outputs"},
+                    "gguf_file": {"type": "string", "description": "a GGUF checkpoint inside model_path (HfModel): "
+                                  "read once with transformers into a Hugging Face folder in the cache"},
                     "model_script": {"type": "string"},
-                    "io_config": {"type": ["object", "string"], "description": "dict, or a function in model_script"},
+                    "io_config": {"type": ["object", "string"], "if": {"type": "object"}, "then": IO_CONFIG_SCHEMA,
+                                  "description": "dict, or a function in model_script"},
                     "dummy_inputs_func": {"type": "string"},
                     "inference_settings": {"type": "object"},
                 },
@@ -184,6 +188,25 @@ def recipe_schema() -> dict:
     }
 
 
+IO_CONFIG_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "input_names": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "output_names": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "dynamic_axes": {"type": "object", "additionalProperties": {"type": "object"},
+                         "description": "input/output name -> {axis index: dimension name}"},
+    },
+    "required": ["input_names", "output_names"],
+    "additionalProperties": False,
+}
+
+
+def known_tasks() -> list[str]:
+    from .models import HF_TASKS, TASK_ALIASES
+
+    return sorted(HF_TASKS) + sorted(TASK_ALIASES)
+
+
 def _searchable_config(schema: dict) -> dict:
     """A pass's config schema in which every setting may also be a search space."""
     return dict(schema, properties={key: searchable(prop) for key, prop in schema["properties"].items()})
@@ -203,6 +226,7 @@ def load_recipe(source, base_dir: Path | None = None) -> dict:
     _validate(raw, name, schema)
     recipe = _normalize(raw, base, name, schema)
     _check_references(recipe, name)
+    check_input_model(recipe["input_model"], name)
     return recipe
 
 
@@ -398,6 +422,30 @@ def _check_references(recipe: dict, name: str) -> None:
         raise RecipeError("\n".join(messages), "define it in the recipe or correct the name")
     for flow in recipe["pass_flows"]:
         dimensions(flow, recipe["passes"], f"{name}: passes")  # a range that cannot be searched fails now
+
+
+def check_input_model(spec: dict, name: str) -> None:
+    """What can be known about the input model before any work: the GGUF file is there, an HF
+    folder has a config and a tokenizer."""
+    if spec["model_path"].startswith("azureml:"):
+        return
+    path = Path(spec["model_path"])
+    if spec.get("gguf_file"):
+        if spec["type"] != "HfModel":
+            raise RecipeError(f"{name}: input_model.gguf_file is for an HfModel, not {spec['type']}", "set type: HfModel")
+        if not (path / spec["gguf_file"]).is_file():
+            present = sorted(p.name for p in path.glob("*.gguf")) if path.is_dir() else []
+            raise RecipeError(f"{name}: input_model.gguf_file '{spec['gguf_file']}' is not in {path}",
+                              f"use one of {present}" if present else "correct gguf_file or model_path")
+        return
+    if spec["type"] == "HfModel" and path.is_dir() and not spec.get("model_script"):
+        if not (path / "config.json").is_file():
+            raise RecipeError(f"{name}: input_model.model_path {path} has no config.json: it is not a Hugging Face model folder",
+                              "point model_path at the folder save_pretrained wrote (or give gguf_file)")
+        tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model", "vocab.json")
+        if not any((path / f).is_file() for f in tokenizer_files):
+            raise RecipeError(f"{name}: input_model.model_path {path} has no tokenizer (none of {', '.join(tokenizer_files)})",
+                              "save the tokenizer beside the model: AutoTokenizer.from_pretrained(...).save_pretrained(folder)")
 
 
 def apply_overrides(recipe: dict, output_dir=None, cache_dir=None, clean_cache: bool = False,

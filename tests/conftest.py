@@ -78,3 +78,64 @@ def tiny_recipe(model_path: Path, tmp_path: Path, **overrides) -> dict:
     }
     recipe.update(overrides)
     return recipe
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def byte_level_tokenizer():
+    """A GPT-2 style byte-level BPE (what SmolLM2, Qwen2 and GPT-2 use, and what onnxruntime-genai
+    reads), trained here in a second on the repo's own sentences, with ChatML special tokens."""
+    import csv
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    with open(DATA / "paraphrase_pairs.csv") as f:
+        texts = [text for row in csv.DictReader(f) for text in (row["sentence1"], row["sentence2"])]
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    core.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=1000, special_tokens=specials,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                        unk_token="<|endoftext|>", pad_token="<|endoftext|>")
+    tokenizer.chat_template = CHATML
+    return tokenizer
+
+
+def build_tiny_decoder(folder: Path, architecture: str = "llama") -> Path:
+    """A 2-layer random decoder of the given family (grouped-query attention where the family has
+    it) with a byte-level BPE tokenizer and a ChatML template, seed 0."""
+    import torch
+    import transformers
+
+    tokenizer = byte_level_tokenizer()
+    tokenizer.save_pretrained(folder)
+    vocab = len(tokenizer)
+    common = dict(vocab_size=vocab, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                  pad_token_id=tokenizer.pad_token_id)
+    configs = {
+        "llama": ("LlamaConfig", "LlamaForCausalLM", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                                           num_attention_heads=4, num_key_value_heads=2,
+                                                           max_position_embeddings=256)),
+        "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                                           num_attention_heads=4, num_key_value_heads=2,
+                                                           max_position_embeddings=256)),
+        "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                                        num_attention_heads=4, num_key_value_heads=4,
+                                                        max_position_embeddings=256, pad_token_id=0)),
+        "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(n_embd=64, n_layer=2, n_head=4, n_positions=256)),
+    }
+    config_class, model_class, sizes = configs[architecture]
+    torch.manual_seed(0)
+    config = getattr(transformers, config_class)(**{**common, **sizes})
+    getattr(transformers, model_class)(config).eval().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    return build_tiny_decoder(tmp_path_factory.mktemp("tiny_llama"), "llama")

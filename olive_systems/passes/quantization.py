@@ -7,7 +7,8 @@ import tempfile
 from pathlib import Path
 
 from ..errors import PassError
-from ..models import ModelRef, copy_side_files, folder_sha256, link_or_copy
+from ..models import (EXTERNAL_DATA_THRESHOLD, ONNX_DATA_FILE, ONNX_FILE, ModelRef, copy_onnx_model, copy_side_files,
+                      external_data_files, folder_sha256, has_external_data, load_onnx, save_onnx)
 from .base import Pass, PassContext
 
 _COMMON = {
@@ -28,17 +29,26 @@ class _Quantization(Pass):
 
     def run(self, model: ModelRef, config: dict, out_dir: Path, ctx: PassContext) -> ModelRef:
         out_dir.mkdir(parents=True, exist_ok=True)
+        external = has_external_data(Path(model.path))
         # The quantizer writes scratch files beside its input: give it a private copy, never the
-        # (read-only, content-addressed) cache folder the input lives in.
+        # (read-only, content-addressed) cache folder the input lives in. The external data travels
+        # with it under the names model.onnx refers to, copied (onnx refuses hard-linked data files).
         with tempfile.TemporaryDirectory(dir=out_dir.parent) as work:
-            source = Path(work) / "model.onnx"
-            link_or_copy(model.onnx_path, source)
-            self._quantize_file(model, source, config, out_dir, ctx)
+            source_dir = Path(work) / "input"
+            copy_onnx_model(Path(model.path), source_dir)
+            self._quantize_file(model, source_dir / ONNX_FILE, config, out_dir, ctx, external)
+        stray = [name for name in external_data_files(out_dir, [ONNX_FILE]) if name != ONNX_DATA_FILE]
+        if stray:  # external data under other names: rewritten as the one model.onnx.data
+            proto = load_onnx(out_dir)
+            for name in stray:
+                (out_dir / name).unlink()
+            save_onnx(proto, out_dir, external_data=True)
         copy_side_files(Path(model.path), out_dir)
         return model.relocated(out_dir, hash=folder_sha256(out_dir),
                                attributes={**model.attributes, "quantization": type(self).__name__})
 
-    def _quantize_file(self, model: ModelRef, source: Path, config: dict, out_dir: Path, ctx: PassContext) -> None:
+    def _quantize_file(self, model: ModelRef, source: Path, config: dict, out_dir: Path, ctx: PassContext,
+                       external: bool) -> None:
         import onnx
 
         extra = dict(config["extra_options"])
@@ -54,6 +64,8 @@ class _Quantization(Pass):
             op_types_to_quantize=config["op_types_to_quantize"],
             nodes_to_exclude=_excluded_nodes(onnx.load(str(source), load_external_data=False), config),
             extra_options=extra,
+            # writes model.onnx.data beside the output (onnxruntime names it after the model file)
+            use_external_data_format=external or source.stat().st_size > EXTERNAL_DATA_THRESHOLD,
         )
         try:
             self.quantize(model, config, kwargs, ctx)
@@ -98,10 +110,12 @@ class OnnxStaticQuantization(_Quantization):
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
         if config["symbolic_shape_inference"]:
-            inferred = SymbolicShapeInference.infer_shapes(onnx.load(kwargs["model_input"]), auto_merge=True)
-            # a new file: the private copy may be a hard link to the cached input
-            kwargs["model_input"] = str(Path(kwargs["model_input"]).with_name("inferred.onnx"))
-            onnx.save(inferred, kwargs["model_input"])
+            source = Path(kwargs["model_input"])
+            inferred = SymbolicShapeInference.infer_shapes(onnx.load(str(source)), auto_merge=True)
+            # a new folder: the private model.onnx may be a hard link to the cached input, and the
+            # inferred model's external data must not overwrite the input's
+            save_onnx(inferred, source.parent.with_name("inferred"), external_data=kwargs["use_external_data_format"])
+            kwargs["model_input"] = str(source.parent.with_name("inferred") / ONNX_FILE)
 
         batches = ctx.load_data(config["data_config"], model)
         limit = config["max_calibration_samples"]

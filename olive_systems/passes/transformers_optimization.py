@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ..errors import PassError
-from ..models import ModelRef, copy_side_files, folder_sha256
+from ..models import ModelRef, copy_side_files, folder_sha256, has_external_data, save_onnx
 from .base import Pass, PassContext
 
 # Fused operators a fully fused encoder shows; a partial fusion is reported, not hidden.
@@ -62,12 +62,14 @@ class OrtTransformersOptimization(Pass):
             if config["require_attention_fusion"]:
                 raise PassError(message, "check num_heads/hidden_size or the exporter (transformers 4.57 fuses fully)")
             ctx.log("warning: " + message)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        optimized.save_model_to_file(str(out_dir / "model.onnx"))
+        node_count = len(optimized.model.graph.node)
+        optimized.topological_sort()  # what save_model_to_file does before it saves
+        _add_ms_opset(optimized.model)
+        # external data when the input had it (or the model is too big for one file), as model.onnx.data
+        save_onnx(optimized.model, out_dir, external_data=has_external_data(Path(model.path)))
         copy_side_files(Path(model.path), out_dir)
         return model.relocated(out_dir, hash=folder_sha256(out_dir),
-                               attributes={**model.attributes, "fused_operators": counts,
-                                           "node_count": len(optimized.model.graph.node)})
+                               attributes={**model.attributes, "fused_operators": counts, "node_count": node_count})
 
 
 def fused_op_counts(onnx_model) -> dict:
@@ -76,6 +78,13 @@ def fused_op_counts(onnx_model) -> dict:
         if node.op_type in counts:
             counts[node.op_type] += 1
     return {op: n for op, n in counts.items() if n}
+
+
+def _add_ms_opset(onnx_model) -> None:
+    """Declare the com.microsoft domain the fused operators live in (as OnnxModel.save does)."""
+    if any(node.domain == "com.microsoft" for node in onnx_model.graph.node) and \
+            not any(opset.domain == "com.microsoft" for opset in onnx_model.opset_import):
+        onnx_model.opset_import.add(domain="com.microsoft", version=1)
 
 
 def _read_hf_config(folder: Path) -> dict:

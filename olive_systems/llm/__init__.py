@@ -1,0 +1,1 @@
+"""Decoder (generative) language models: IO specs, export, genai folders, generation loops."""
