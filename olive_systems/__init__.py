@@ -18,9 +18,18 @@ _LAZY = {
     "DeviceOutput": ("olive_systems.output", "DeviceOutput"),
     "ModelOutput": ("olive_systems.output", "ModelOutput"),
     "OliveSystemsError": ("olive_systems.errors", "OliveSystemsError"),
+    # the seed's workflow functions: each builds a recipe and runs it through the same engine
+    "capture_onnx_graph": ("olive_systems.workflows", "capture_onnx_graph"),
+    "quantize": ("olive_systems.workflows", "quantize"),
+    "auto_opt": ("olive_systems.workflows", "auto_opt"),
 }
 
 __all__ = list(_LAZY)
+
+
+def __dir__() -> list[str]:
+    """The public API (loaded lazily, so not yet in the module's namespace) and the module's own names."""
+    return sorted({*globals(), *_LAZY} - {"os", "annotations"})
 
 
 def __getattr__(name: str):

@@ -38,7 +38,25 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--older-than", type=float, metavar="DAYS", help="prune: entries created before this")
     cache.add_argument("--account-name", help="shared cache: Azure storage account")
     cache.add_argument("--container-name", help="shared cache: Azure Blob container (list, push, pull)")
+
+    add_workflow_commands(commands)
     return parser
+
+
+def add_workflow_commands(commands) -> None:
+    """One subcommand per workflow function (capture_onnx_graph, quantize, auto_opt), its options
+    generated from the function's signature and docstring (olive_systems.workflows.arguments)."""
+    from .workflows import WORKFLOWS
+    from .workflows.arguments import add_function_arguments, docstring_summary
+
+    for name, func in WORKFLOWS.items():
+        summary, description = docstring_summary(func)
+        sub = commands.add_parser(name, aliases=[name.replace("_", "-")] if "_" in name else [],
+                                  help=summary[:1].lower() + summary[1:].rstrip("."), description=description,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_function_arguments(sub, func)
+        sub.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="show tracebacks and pass logs")
+        sub.set_defaults(workflow=name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import OliveSystemsError
 
     try:
-        return COMMANDS[args.command](args)
+        return cmd_workflow(args) if getattr(args, "workflow", None) else COMMANDS[args.command](args)
     except OliveSystemsError as exc:
         if args.verbose:
             raise
@@ -62,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_run(args) -> int:
+    from .api import kept_recipe_file
     from .engine import Engine
     from .progress import Progress, print_summary
     from .recipe import apply_overrides, load_recipe
@@ -72,9 +91,32 @@ def cmd_run(args) -> int:
     logging.basicConfig(level=logging.WARNING if args.verbose else logging.ERROR)
     recipe = apply_overrides(load_recipe(args.config), args.output_dir, args.cache_dir, args.clean_cache,
                              args.account_name, args.container_name, args.max_concurrency)
-    with Progress(verbose=args.verbose) as progress:
+    with Progress(verbose=args.verbose) as progress, kept_recipe_file(args.config, recipe):
         output = Engine(recipe, progress.on_event).run()
     print_summary(output)
+    return 1 if output.failures else 0
+
+
+def cmd_workflow(args) -> int:
+    """capture_onnx_graph, quantize, auto_opt: the function called with the parsed arguments."""
+    import logging
+
+    from .progress import Progress, print_summary
+    from .workflows import WORKFLOWS
+    from .workflows.arguments import call_with_arguments
+    from .workflows.common import EVENT_SINK, LOG_LEVELS, config_file
+
+    # Libraries log at log_level (default 3, ERROR: the ORT quantizer's warnings come by the hundred).
+    logging.basicConfig(level=LOG_LEVELS[args.log_level] if args.log_level in range(len(LOG_LEVELS)) else logging.ERROR)
+    with Progress(verbose=args.verbose) as progress:
+        token = EVENT_SINK.set(progress.on_event)
+        try:
+            output = call_with_arguments(WORKFLOWS[args.workflow], args)
+        finally:
+            EVENT_SINK.reset(token)
+    print_summary(output)
+    if args.save_config_file:
+        print(f"recipe: {config_file(args.workflow, output.output_dir)} (run it with olive-systems run --config)")
     return 1 if output.failures else 0
 
 

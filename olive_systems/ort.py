@@ -85,7 +85,8 @@ def _provider_options(settings: dict, execution_provider: str) -> dict:
 
 
 def dummy_feed(session, batch_size: int = 1, sequence_length: int = 128) -> dict:
-    """Inputs of the session's declared types; symbolic dims become batch then sequence length."""
+    """Inputs of the session's declared types; symbolic dims become batch then sequence length (a
+    past_sequence_length 0)."""
     import numpy as np
 
     dtypes = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
@@ -93,7 +94,8 @@ def dummy_feed(session, batch_size: int = 1, sequence_length: int = 128) -> dict
     feed = {}
     for arg in session.get_inputs():
         symbolic = iter([batch_size, sequence_length])
-        shape = [dim if isinstance(dim, int) else next(symbolic, 1) for dim in arg.shape]
+        # A decoder's KV cache: an empty past, so the mask's total length is the sequence (a prefill).
+        shape = [dim if isinstance(dim, int) else 0 if "past" in str(dim) else next(symbolic, 1) for dim in arg.shape]
         dtype = dtypes.get(arg.type, np.float32)
         feed[arg.name] = np.ones(shape, dtype=dtype) if "mask" in arg.name else np.zeros(shape, dtype=dtype)
     return feed

@@ -57,13 +57,25 @@ def render_samples(best: ModelOutput | None, candidate: str, runtime: dict | Non
     }
     templates = resources.files(__package__).joinpath("sample_code")
     rendered = {}
-    for target, source in SAMPLE_FILES.items():
+    files = dict(SAMPLE_FILES)
+    if is_generative_candidate(best):  # a decoder folder also gets the onnxruntime-genai chat sample
+        files["Python/generate.py"] = "python/generate.py.tmpl"
+    for target, source in files.items():
         text = templates.joinpath(source).read_text(encoding="utf-8")
         text = text.replace("__SESSION_OPTIONS_CODE__", code.get(source.rsplit("/", 1)[-1], ""))
         for key, value in values.items():
             text = text.replace(key, value)
         rendered[target] = text
     return rendered
+
+
+def is_generative_candidate(model: ModelOutput) -> bool:
+    from pathlib import Path
+
+    from ..llm.genai_folder import is_genai_folder
+
+    path = Path(model.model_path)
+    return is_genai_folder(path if path.is_dir() else path.parent)
 
 
 def _provider(settings: dict, fallback: str) -> tuple[str, dict]:

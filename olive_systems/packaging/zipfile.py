@@ -32,7 +32,7 @@ from ..passes.base import Accelerator
 from .azureml import candidate_folder
 from .mlflow import MLFLOW_FOLDER, is_onnx, write_mlflow_model
 from .ort_packages import find_wheel, pip_command, runtime_of
-from .samples import render_samples
+from .samples import is_generative_candidate, render_samples
 
 # Written beside each model by the output folder and AzureML packaging; the zip writes its own.
 CANDIDATE_METADATA = {"inference_config.json", "run_history.json", "metrics.json", "model_info.json"}
@@ -118,6 +118,13 @@ def _add_runtime_packages(archive: zipfile.ZipFile, onnx_models: list[ModelOutpu
         key = (runtime["package"], runtime["version"]) if runtime else None
         if key not in wanted:
             wanted.append(key)
+    if any(is_generative_candidate(model) for model in onnx_models):  # generate.py runs them through genai
+        from importlib import metadata
+
+        try:
+            wanted.append(("onnxruntime-genai", metadata.version("onnxruntime-genai")))
+        except metadata.PackageNotFoundError:
+            wanted.append(("onnxruntime-genai", ""))
     missing = []
     for key in wanted:
         if key is None:

@@ -1,0 +1,34 @@
+"""The seed's workflow functions: capture_onnx_graph, quantize and auto_opt.
+
+Each builds a recipe dict from its arguments (refusing, before any work, what olive-systems cannot
+honour) and runs it through the one engine, olive_systems.api.run. The command line has one
+subcommand per function, generated from its signature (workflows/arguments.py).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+from .auto import auto_opt
+from .capture import capture_onnx_graph
+from .quantization import quantize
+
+WORKFLOWS: dict[str, Callable] = {
+    "capture_onnx_graph": capture_onnx_graph,
+    "quantize": quantize,
+    "auto_opt": auto_opt,
+}
+
+__all__ = [*WORKFLOWS, "WORKFLOWS", "build_recipe"]
+
+
+def build_recipe(command: str, **arguments) -> dict:
+    """The recipe `command` (a WORKFLOWS name) would run for these arguments, without running it;
+    raises the same RecipeError the call would."""
+    import importlib
+
+    func = WORKFLOWS[command]
+    bound = inspect.signature(func).bind(**arguments)
+    bound.apply_defaults()
+    return importlib.import_module(func.__module__).build(dict(bound.arguments))
