@@ -37,14 +37,36 @@ DATA_CONFIG_SCHEMA = {
         "pre_process_data_config": {
             "type": "object",
             "properties": {
-                "type": {"type": "string", "description": "tokenize, or a function in user_script"},
+                "type": {"type": "string", "description": "tokenize, text_generation, or a function in user_script"},
                 "input_cols": {"type": "array", "items": {"type": "string"}, "minItems": 1},
                 "label_col": {"type": ["string", "null"]},
                 "max_length": {"type": "integer", "minimum": 1},
                 "padding": {"enum": ["max_length", "longest"]},
                 "pair_mode": {"enum": ["joint", "separate"],
                               "description": "joint: one input per row; separate: each column encoded on its own"},
-                "max_samples": {"type": ["integer", "null"], "minimum": 1},
+                "max_samples": {"type": ["integer", "null"], "minimum": 1,
+                                "description": "tokenize and per-text text_generation: rows; a concatenated corpus: windows"},
+                # text_generation (decoders: perplexity, generation prompts, greedy agreement)
+                "text_field": {"type": "string", "description": "text_generation: the column holding the text (default text)"},
+                "text_template": {"type": "string",
+                                  "description": "text_generation: a format string over the columns, e.g. "
+                                                 "'### Q: {prompt}\\n### A: {response}' (instead of text_field)"},
+                "use_chat_template": {"type": "boolean",
+                                      "description": "text_generation: each text as a user message through the "
+                                                     "tokenizer's chat template, with the generation prompt"},
+                "max_seq_len": {"type": "integer", "minimum": 2,
+                                "description": "text_generation: window length (corpus) or most tokens per text; "
+                                               "default min(1024, the model's context length)"},
+                "add_special_tokens": {"type": "boolean",
+                                       "description": "text_generation: the tokenizer's special tokens (BOS) "
+                                                      "(default true; a chat template adds its own)"},
+                "stride": {"type": "integer", "minimum": 1,
+                           "description": "text_generation corpus: tokens between window starts (default max_seq_len: "
+                                          "disjoint windows); a shorter stride overlaps and scores each token once"},
+                "concatenate": {"type": "boolean",
+                                "description": "text_generation: join the texts into one corpus (EOS between texts) "
+                                               "cut into windows (default, for perplexity), or one input per text "
+                                               "(the default with use_chat_template: prompts)"},
             },
             "required": ["type"],
         },
@@ -104,7 +126,7 @@ def load_batches(data_config: dict, model_folder: Path) -> Batches:
         raise RecipeError(f"data config '{name}': cannot load dataset: {str(exc).splitlines()[0]}",
                           "check load_dataset_config (data_name, data_files, split)") from exc
     pre = dict(data_config["pre_process_data_config"])
-    if pre.get("max_samples"):
+    if pre.get("max_samples") and pre["type"] != "text_generation":  # it counts prompts or windows itself
         dataset = dataset.select(range(min(pre["max_samples"], len(dataset))))
     batch_size = data_config.get("dataloader_config", {}).get("batch_size", 1)
     kind = pre.pop("type")
@@ -113,6 +135,8 @@ def load_batches(data_config: dict, model_folder: Path) -> Batches:
 
         tokenizer = AutoTokenizer.from_pretrained(data_config.get("tokenizer") or model_folder)
         batches = _tokenize(dataset, tokenizer, batch_size, name, **pre)
+    elif kind == "text_generation":
+        batches = _text_generation(dataset, data_config, Path(model_folder), **pre)
     else:
         func = load_function(data_config.get("user_script"), kind, f"data_configs.{name}.pre_process_data_config")
         batches = func(dataset, model_folder=model_folder, batch_size=batch_size, **pre)
@@ -137,6 +161,139 @@ def _tokenize(dataset, tokenizer, batch_size, name, input_cols, label_col=None, 
         inputs.append({key: value.astype(np.int64) for key, value in encoded.items()})
     targets = np.asarray(dataset[label_col]) if label_col else None
     return Batches(inputs=inputs, targets=targets, groups=groups)
+
+
+# ---- text_generation: token ids for decoders ----
+
+# Per-window input (beside input_ids) of a concatenated corpus: the first position whose token is
+# scored. 1 for a window that starts the corpus or follows a disjoint one; later with an overlapping
+# stride, so that no token is scored twice.
+SCORED_FROM = "scored_from"
+
+
+def _text_generation(dataset, data_config: dict, model_folder: Path, text_field: str | None = None,
+                     text_template: str | None = None, use_chat_template: bool = False, max_seq_len: int | None = None,
+                     add_special_tokens: bool = True, max_samples: int | None = None, stride: int | None = None,
+                     concatenate: bool | None = None) -> Batches:
+    """Texts -> Batches of {"input_ids": int64 [1, n]} for decoders (batch size 1 always).
+
+    Each row's text is its text_field column (default "text") or text_template formatted over its
+    columns; empty texts (blank lines of a text file) are skipped.
+
+    * concatenate (the default without use_chat_template; for perplexity): the texts are joined in
+      one token stream, [BOS when add_special_tokens and the tokenizer has one] text1 EOS text2 EOS
+      ... textN (the tokenizer's EOS, else its SEP, between texts), and cut into windows of
+      max_seq_len tokens that start every `stride` tokens (default max_seq_len: disjoint windows).
+      Each window also carries scored_from [1, 1]: the first position whose token is scored. A
+      window's first token has no context in it: with disjoint windows it is not scored; with
+      overlapping ones (stride < max_seq_len) a window scores only the tokens after the previous
+      window's end, so every token but the corpus's first is scored once. max_samples caps the
+      windows.
+    * one input per text (the default with use_chat_template; prompts): the text tokenized alone
+      (add_special_tokens), or as a user message through the tokenizer's chat template with the
+      generation prompt (the template writes its own special tokens). A text over max_seq_len tokens
+      keeps its first max_seq_len, a chat prompt its last (the generation prompt). max_samples caps
+      the texts.
+    """
+    import string
+
+    from transformers import AutoTokenizer
+
+    name = data_config["name"]
+    columns = list(dataset.column_names)
+    if text_template is not None:
+        needed = [field for _, field, _, _ in string.Formatter().parse(text_template) if field is not None]
+        bad = [field for field in needed if not field or not field.isidentifier()]
+        if bad or not needed:
+            raise RecipeError(f"data config '{name}': text_template must name columns as {{column}} (got {text_template!r})",
+                              f"use columns of the dataset: {columns}")
+        where, missing = "text_template", [field for field in needed if field not in columns]
+    else:
+        text_field = text_field or "text"
+        where, missing = "text_field", [text_field] if text_field not in columns else []
+    if missing:
+        raise RecipeError(f"data config '{name}': {where} names column '{missing[0]}', which is not in the dataset "
+                          f"(its columns: {columns})", f"set pre_process_data_config.{where} to use one of {columns}")
+    tokenizer = AutoTokenizer.from_pretrained(data_config.get("tokenizer") or model_folder)
+    if use_chat_template and not getattr(tokenizer, "chat_template", None):
+        raise RecipeError(f"data config '{name}': use_chat_template is set but the tokenizer has no chat template",
+                          "use a tokenizer with a chat_template (tokenizer_config.json / chat_template.jinja), "
+                          "or drop use_chat_template")
+    context = _context_length(model_folder)
+    if max_seq_len is None:
+        max_seq_len = min(1024, context or 1024)
+    elif context and max_seq_len > context:
+        raise RecipeError(f"data config '{name}': max_seq_len {max_seq_len} is over the model's context length of {context}",
+                          f"set pre_process_data_config.max_seq_len to {context} or less")
+    concatenate = (not use_chat_template) if concatenate is None else concatenate
+    stride = stride or max_seq_len
+
+    def encode(text: str) -> list[int]:
+        if use_chat_template:
+            return _chat_ids(tokenizer, text)
+        return tokenizer(text, add_special_tokens=add_special_tokens and not concatenate)["input_ids"]
+
+    # Rows are read, and encoded, only until the windows or prompts max_samples asks for are there.
+    separator = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    bos = tokenizer.bos_token_id if add_special_tokens and concatenate and not use_chat_template else None
+    stream: list[int] = [bos] if bos is not None else []
+    wanted = ((max_samples - 1) * stride + max_seq_len if concatenate else max_samples) if max_samples else None
+    prompts: list[list[int]] = []
+    texts = 0
+    for row in dataset:
+        text = text_template.format(**row) if text_template is not None else row[text_field]
+        text = "" if text is None else str(text)
+        if not text.strip():
+            continue
+        ids = encode(text)
+        if concatenate:
+            if texts and separator is not None:
+                stream.append(separator)
+            stream.extend(ids)
+        else:  # a chat prompt keeps its end (the generation prompt), any other text its start
+            prompts.append(ids[-max_seq_len:] if use_chat_template else ids[:max_seq_len])
+        texts += 1
+        if wanted and (len(stream) if concatenate else len(prompts)) >= wanted:
+            break
+    if not texts:
+        raise RecipeError(f"data config '{name}': every text is empty", "check load_dataset_config and text_field")
+    if not concatenate:
+        return Batches(inputs=[{"input_ids": np.asarray(ids, dtype=np.int64).reshape(1, -1)} for ids in prompts],
+                       targets=None)
+    windows = _windows(np.asarray(stream, dtype=np.int64), max_seq_len, stride)[:max_samples or None]
+    if not windows:
+        raise RecipeError(f"data config '{name}': the corpus is shorter than 2 tokens", "give it more text")
+    return Batches(inputs=[{"input_ids": ids.reshape(1, -1), SCORED_FROM: np.array([[first]], dtype=np.int64)}
+                           for ids, first in windows], targets=None)
+
+
+def _chat_ids(tokenizer, text: str) -> list[int]:
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
+    if isinstance(ids, dict) or hasattr(ids, "keys"):  # a BatchEncoding in some transformers versions
+        ids = ids["input_ids"]
+    return [int(i) for i in ids]
+
+
+def _windows(stream: np.ndarray, max_seq_len: int, stride: int) -> list[tuple[np.ndarray, int]]:
+    """(ids, scored_from) windows over a token stream; no token is scored twice."""
+    windows, scored_until = [], 1  # stream[0] has no context: never scored
+    for begin in range(0, len(stream), stride):
+        end = min(begin + max_seq_len, len(stream))
+        if end - begin >= 2 and end > scored_until:
+            windows.append((stream[begin:end], max(scored_until - begin, 1)))
+            scored_until = end
+        if end == len(stream):
+            break
+    return windows
+
+
+def _context_length(model_folder: Path) -> int | None:
+    try:
+        from .llm.runners import decoder_spec
+
+        return decoder_spec(model_folder).context_length
+    except Exception:  # no config beside the data's tokenizer: the default window
+        return None
 
 
 # ---- post-processing: per-batch raw outputs -> predictions ----

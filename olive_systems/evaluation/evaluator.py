@@ -11,7 +11,8 @@ from ..errors import OliveSystemsError, RecipeError
 from ..models import ModelRef
 from ..ort import create_session, dummy_feed, measure_latency
 from ..user_script import load_function
-from .metrics import classification_scores, fidelity_scores, fit_threshold, higher_is_better, timing_stats
+from .generative import GENERATIVE_METRICS, LazyDecoder, metric_values as generative_values
+from .metrics import TIMING_METRICS, classification_scores, fidelity_scores, fit_threshold, higher_is_better, timing_stats
 
 
 class ModelRunner:
@@ -56,8 +57,17 @@ def evaluate(model: ModelRef, metrics: list[dict], data: dict[str, tuple[dict, B
              reference: dict | None, intra_op_threads: int | None = None) -> tuple[dict, dict]:
     """Returns (metrics, artifacts). `data` maps a data config name to its config and pre-processed
     batches. Artifacts of the input model are the reference for candidates: its pooled outputs (for
-    fidelity) and any fitted accuracy thresholds."""
-    runner = ModelRunner(model, execution_provider, intra_op_threads)
+    fidelity), any fitted accuracy thresholds and its greedy continuations (greedy_agreement).
+    Generative metrics (evaluation.generative) run the model through its decoder runner; the others
+    through ModelRunner. Each is opened on first use only."""
+    runners: dict[str, ModelRunner] = {}
+
+    def runner() -> ModelRunner:
+        if "runner" not in runners:
+            runners["runner"] = ModelRunner(model, execution_provider, intra_op_threads)
+        return runners["runner"]
+
+    decoder = LazyDecoder(model, execution_provider, intra_op_threads)
     loaded: dict[str, tuple[Batches, list[np.ndarray]]] = {}
     data_configs = {name: config for name, (config, _) in data.items()}
 
@@ -65,15 +75,18 @@ def evaluate(model: ModelRef, metrics: list[dict], data: dict[str, tuple[dict, B
         if name not in loaded or (infer and not loaded[name][1]):
             batches = data[name][1]
             # a model without token_type_ids must not be fed them
-            batches = Batches([{k: v for k, v in feed.items() if k in runner.input_names} for feed in batches.inputs],
+            batches = Batches([{k: v for k, v in feed.items() if k in runner().input_names} for feed in batches.inputs],
                               batches.targets, batches.groups)
-            loaded[name] = (batches, [runner(feed) for feed in batches.inputs] if infer else [])
+            loaded[name] = (batches, [runner()(feed) for feed in batches.inputs] if infer else [])
         return loaded[name]
 
     results, artifacts = {}, {}
     # Timing first, while nothing else of this evaluation is warm in the caches.
-    for metric in sorted(metrics, key=lambda m: m["type"] not in ("latency", "throughput")):
-        values = _metric_values(metric, runner, data_for, data_configs, reference, artifacts)
+    for metric in sorted(metrics, key=lambda m: m["type"] not in TIMING_METRICS):
+        if metric["type"] in GENERATIVE_METRICS:
+            values = generative_values(metric, model, decoder, data, reference, artifacts)
+        else:
+            values = _metric_values(metric, runner(), data_for, data_configs, reference, artifacts)
         for sub in metric["sub_types"]:
             if sub["name"] not in values:
                 raise RecipeError(f"metric '{metric['name']}' has no sub-type '{sub['name']}'",

@@ -10,10 +10,16 @@ METRIC_TYPES = {
     "latency": {k: False for k in ("avg", "p50", "p75", "p90", "p95", "p99", "min", "max")},
     "throughput": {k: True for k in ("avg", "p50", "p90", "min", "max")},
     "fidelity": {"cosine_mean": True, "cosine_min": True, "max_abs_diff": False},
+    # decoders (olive_systems.evaluation.generative): every runtime through olive_systems.llm.runners
+    "perplexity": {"perplexity": False, "loss": False},
+    "generation": {"ttft_ms": False, "prefill_ms": False, "tokens_per_second": True, "total_ms": False},
+    "memory": {"peak_rss_mb": False, "process_peak_rss_mb": False},
+    "size_on_disk": {"mb": False},
+    "greedy_agreement": {"token_match": True, "exact_match": True},
     "custom": {},
 }
 # Measured by timing the machine: such a job must not share it with other work.
-TIMING_METRICS = ("latency", "throughput")
+TIMING_METRICS = ("latency", "throughput", "generation")
 GOAL_TYPES = ("threshold", "max-degradation", "min-improvement", "percent-max-degradation", "percent-min-improvement")
 
 METRIC_SCHEMA = {
@@ -45,13 +51,20 @@ METRIC_SCHEMA = {
         "metric_config": {
             "type": "object",
             "description": "accuracy: threshold (number or 'fit'); latency/throughput: warmup_num, "
-                           "repeat_test_num, sleep_num; fidelity: pooling (mean, cls, none)",
+                           "repeat_test_num, sleep_num; fidelity: pooling (mean, cls, none); generation: "
+                           "prompt_tokens (128), new_tokens (128), warmup_num (1), repeat_test_num (5); memory: "
+                           "prompt_tokens (32), new_tokens (16); greedy_agreement: new_tokens (32)",
             "properties": {
                 "threshold": {"oneOf": [{"type": "number"}, {"const": "fit"}]},
                 "warmup_num": {"type": "integer", "minimum": 0},
                 "repeat_test_num": {"type": "integer", "minimum": 1},
                 "sleep_num": {"type": "number", "minimum": 0},
                 "pooling": {"enum": ["mean", "cls", "none"]},
+                "prompt_tokens": {"type": "integer", "minimum": 1,
+                                  "description": "generation/memory: prompt length in tokens (the data config's first "
+                                                 "text repeated or cut to it; fixed ids without a data config)"},
+                "new_tokens": {"type": "integer", "minimum": 1,
+                               "description": "generation/memory/greedy_agreement: tokens decoded greedily after the prompt"},
             },
             "additionalProperties": False,
         },
@@ -62,6 +75,8 @@ METRIC_SCHEMA = {
         },
     },
     "required": ["name", "type", "sub_types"],
+    "allOf": [{"if": {"properties": {"type": {"enum": ["perplexity", "greedy_agreement"]}}, "required": ["type"]},
+               "then": {"required": ["data_config"]}}],
     "additionalProperties": False,
 }
 
