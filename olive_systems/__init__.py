@@ -22,6 +22,10 @@ _LAZY = {
     "capture_onnx_graph": ("olive_systems.workflows", "capture_onnx_graph"),
     "quantize": ("olive_systems.workflows", "quantize"),
     "auto_opt": ("olive_systems.workflows", "auto_opt"),
+    "generate_adapter": ("olive_systems.workflows", "generate_adapter"),
+    "convert_adapters": ("olive_systems.workflows", "convert_adapters"),
+    "extract_adapters": ("olive_systems.workflows", "extract_adapters"),
+    "finetune": ("olive_systems.workflows", "finetune"),
 }
 
 __all__ = list(_LAZY)

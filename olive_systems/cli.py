@@ -46,10 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
 def add_workflow_commands(commands) -> None:
     """One subcommand per workflow function (capture_onnx_graph, quantize, auto_opt), its options
     generated from the function's signature and docstring (olive_systems.workflows.arguments)."""
-    from .workflows import WORKFLOWS
+    from .workflows import UTILITIES, WORKFLOWS
     from .workflows.arguments import add_function_arguments, docstring_summary
 
-    for name, func in WORKFLOWS.items():
+    for name, func in {**WORKFLOWS, **UTILITIES}.items():
         summary, description = docstring_summary(func)
         sub = commands.add_parser(name, aliases=[name.replace("_", "-")] if "_" in name else [],
                                   help=summary[:1].lower() + summary[1:].rstrip("."), description=description,
@@ -102,12 +102,15 @@ def cmd_workflow(args) -> int:
     import logging
 
     from .progress import Progress, print_summary
-    from .workflows import WORKFLOWS
+    from .workflows import UTILITIES, WORKFLOWS
     from .workflows.arguments import call_with_arguments
     from .workflows.common import EVENT_SINK, LOG_LEVELS, config_file
 
     # Libraries log at log_level (default 3, ERROR: the ORT quantizer's warnings come by the hundred).
     logging.basicConfig(level=LOG_LEVELS[args.log_level] if args.log_level in range(len(LOG_LEVELS)) else logging.ERROR)
+    if args.workflow in UTILITIES:  # convert_adapters, extract_adapters: files, no workflow output
+        print(f"written: {call_with_arguments(UTILITIES[args.workflow], args)}")
+        return 0
     with Progress(verbose=args.verbose) as progress:
         token = EVENT_SINK.set(progress.on_event)
         try:

@@ -279,6 +279,11 @@ def load_hf_model(ref: ModelRef, **kwargs):
         raise RecipeError(f"input_model.task '{ref.task}' is not a task olive-systems knows",
                           f"use one of {sorted(HF_TASKS)}")
     model = getattr(transformers, HF_TASKS[task][0]).from_pretrained(ref.path, **(kwargs or {}))
+    adapter = (ref.attributes or {}).get("adapter_path")
+    if adapter:  # a LoRA pass's output: the base with its peft adapter, kept unmerged (exports keep LoRA apart)
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(Path(ref.path) / adapter))
     model.eval()
     return model
 

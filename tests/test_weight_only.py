@@ -241,3 +241,60 @@ def test_every_alias_is_a_pass_type_with_its_preset(bert_onnx):
         config = {"data_config": "calib"} if algorithm == "gptq" else {}
         assert load_recipe(recipe(bert_onnx, name, block_size=64, **config))["passes"]["w"]["type"] == name
     assert load_recipe(recipe(bert_onnx, algorithm="gptq", data_config="calib", bits={"choices": [4]}))
+
+
+def test_gguf_blocks_are_reused_exactly(tmp_path, tiny_llama):
+    """A model read from a GGUF file: its Q4_1 / Q4_0 / Q8_0 blocks become MatMulNBits as they are,
+    so the int4 model's logits are the fp32 model's (at fp32 compute, accuracy_level 1)."""
+    import itertools
+    import shutil
+
+    import gguf
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from gguf import GGMLQuantizationType as Q
+    from transformers import AutoModelForCausalLM
+
+    from olive_systems.llm.gguf_blocks import write_source
+    from olive_systems.models import ModelRef, file_sha256
+    from olive_systems.passes.base import Accelerator, PassContext
+    from olive_systems.passes.conversion import OnnxConversion
+    from olive_systems.passes.weight_only import OnnxWeightOnlyQuantization
+
+    folder, gguf_path = tmp_path / "hf", tmp_path / "tiny.gguf"
+    shutil.copytree(tiny_llama, folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    writer = gguf.GGUFWriter(str(gguf_path), "llama")
+    kinds = itertools.cycle([Q.Q4_1, Q.Q4_0, Q.Q8_0])
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    for (name, module), kind in zip(linears, kinds):
+        blocks = gguf.quants.quantize(module.weight.detach().numpy(), kind)
+        module.weight.data = torch.from_numpy(gguf.quants.dequantize(blocks, kind))  # as a GGUF reader gives them
+        writer.add_tensor(name, blocks, raw_dtype=kind)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    model.save_pretrained(folder)
+    write_source(folder, gguf_path, file_sha256(gguf_path))
+
+    ctx = PassContext(Accelerator("cpu", "CPUExecutionProvider"), None, print)
+    fp32 = OnnxConversion().run(ModelRef(type="HfModel", path=str(folder), hash="h", task="text-generation"),
+                                OnnxConversion.resolve_config({}), tmp_path / "fp32", ctx)
+    int4 = OnnxWeightOnlyQuantization().run(fp32, OnnxWeightOnlyQuantization.resolve_config(
+        {"algorithm": "gguf", "accuracy_level": 1}), tmp_path / "int4", ctx)
+    graph = onnx.load(str(Path(int4.path) / "model.onnx")).graph
+    nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) == len(linears)
+    assert {a.i for n in nbits for a in n.attribute if a.name == "bits"} == {4, 8}
+    ids = np.random.default_rng(0).integers(0, 900, (1, 10)).astype(np.int64)
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(10)[None]}
+    logits = [ort.InferenceSession(str(Path(m.path) / "model.onnx")).run(["logits"], feed)[0] for m in (fp32, int4)]
+    assert np.abs(logits[0] - logits[1]).max() < 1e-3
+    (folder / "gguf_source.json").unlink()  # a model not read from a GGUF file
+    plain = fp32.relocated(tmp_path / "fp32")
+    (Path(plain.path) / "gguf_source.json").unlink()
+    with pytest.raises(PassError, match="was not read from one"):
+        OnnxWeightOnlyQuantization().run(plain, OnnxWeightOnlyQuantization.resolve_config({"algorithm": "gguf"}),
+                                         tmp_path / "refused", ctx)

@@ -59,7 +59,8 @@ def dummy_inputs(spec: DecoderSpec, with_past: bool, position_ids: bool = True, 
 def accepts_position_ids(hf_model) -> bool:
     import inspect
 
-    return "position_ids" in inspect.signature(hf_model.forward).parameters
+    base = hf_model.get_base_model() if hasattr(hf_model, "get_base_model") else hf_model  # a peft model takes **kwargs
+    return "position_ids" in inspect.signature(base.forward).parameters
 
 
 def _attention_without_vmap(hf_model) -> None:

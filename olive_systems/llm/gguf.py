@@ -22,6 +22,7 @@ from typing import Callable
 
 from ..errors import OliveSystemsError, RecipeError
 from ..models import file_sha256
+from .gguf_blocks import write_source
 from .tokenizer import check_genai_tokenizer, repair_tokenizer_files
 
 GGUF_MAGIC = b"GGUF"
@@ -145,7 +146,7 @@ def gguf_to_hf_folder(gguf_path: Path, out_dir: Path, log: Callable[[str], None]
 
 # Part of the cache folder's name (and so of the input model's hash): raise it when what this module
 # writes changes (the tokenizer repair, the weights), so no folder written by older code is reused.
-READER_VERSION = 1
+READER_VERSION = 2
 
 
 def _alive(pid: int) -> bool:
@@ -175,7 +176,8 @@ def materialize_gguf(gguf_path: Path, cache_root: Path, log: Callable[[str], Non
     gguf/ is always complete. Temp folders of killed runs are removed here (and by the cache sweep)."""
     gguf_path = _require_gguf(gguf_path)
     cache_root = Path(cache_root).resolve()
-    final = cache_root / "gguf" / f"{file_sha256(gguf_path)}-r{READER_VERSION}"
+    digest = file_sha256(gguf_path)
+    final = cache_root / "gguf" / f"{digest}-r{READER_VERSION}"
     if final.is_dir():
         log(f"{gguf_path.name}: Hugging Face folder from the cache ({final})")
         return final
@@ -188,6 +190,7 @@ def materialize_gguf(gguf_path: Path, cache_root: Path, log: Callable[[str], Non
     tmp = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-gguf-", dir=tmp_root))
     try:
         gguf_to_hf_folder(gguf_path, tmp, log)
+        write_source(tmp, gguf_path, digest)  # lets weight-only quantization reuse the file's own blocks
         _open_permissions(tmp)
         final.parent.mkdir(parents=True, exist_ok=True)
         try:

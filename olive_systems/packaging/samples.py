@@ -60,6 +60,8 @@ def render_samples(best: ModelOutput | None, candidate: str, runtime: dict | Non
     files = dict(SAMPLE_FILES)
     if is_generative_candidate(best):  # a decoder folder also gets the onnxruntime-genai chat sample
         files["Python/generate.py"] = "python/generate.py.tmpl"
+    if (best.model_config.get("config", {}).get("model_attributes") or {}).get("adapters"):  # serving adapters: how to switch
+        files["Python/switch_adapters.py"] = "python/switch_adapters.py.tmpl"
     for target, source in files.items():
         text = templates.joinpath(source).read_text(encoding="utf-8")
         text = text.replace("__SESSION_OPTIONS_CODE__", code.get(source.rsplit("/", 1)[-1], ""))

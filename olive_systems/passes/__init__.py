@@ -18,6 +18,9 @@ _REGISTRY = {
     "ModelBuilder": "model_builder",
     "DynamicToFixedShape": "dynamic_shape",
     "OnnxWeightOnlyQuantization": "weight_only",
+    "ExtractAdapters": "adapters",
+    "LoRA": "lora",
+    "QLoRA": "lora",
 }
 
 # alias -> (registered pass, preset settings)

@@ -71,6 +71,11 @@ class OnnxConversion(Pass):
             raise PassError(f"torch.onnx.export failed: {_first_line(exc)}", "check io_config / dummy inputs") from exc
         if config["fixed_param_dict"]:
             fix_dimensions(out_dir, config["fixed_param_dict"])
+        adapter = model.attributes.get("adapter_path")
+        if adapter:  # the exporter names LoRA weights onnx::MatMul_N: give them peft's names back
+            from ..llm.adapters import name_lora_weights
+
+            name_lora_weights(onnx_path, Path(model.path) / adapter)
         copy_side_files(Path(model.path), out_dir)
         attributes = {"opset": config["target_opset"]}
         if spec is not None:

@@ -56,9 +56,11 @@ class OnnxWeightOnlyQuantization(Pass):
     depends_on = ("onnxruntime", "onnx", "torch")  # hqq runs on torch
     config_schema = {
         "algorithm": {
-            "enum": ["rtn", "gptq", "hqq", "awq"], "default": "rtn",
+            "enum": ["rtn", "gptq", "hqq", "gguf", "awq"], "default": "rtn",
             "description": "rtn: round to nearest per block; gptq: calibrated on data_config (4 bits); "
-                           "hqq: half-quadratic, no data (4 bits); awq: not available in onnxruntime",
+                           "hqq: half-quadratic, no data (4 bits); gguf: the blocks of the GGUF checkpoint the "
+                           "model was read from, reused exactly (Q4_0/Q4_1 -> 4 bits, Q8_0 -> 8 bits, block 32); "
+                           "awq: not available in onnxruntime",
             **_not({"const": "awq"}, AWQ_REFUSAL),
         },
         "bits": {"enum": [4, 8], "default": 4, "description": "bits per weight; 8 with algorithm rtn only"},
@@ -139,6 +141,8 @@ class OnnxWeightOnlyQuantization(Pass):
                     if node.name and any(fnmatch.fnmatchcase(node.name, p) for p in config["nodes_to_exclude"])]
         op_types = tuple(config["op_types_to_quantize"])
         algorithm, bits, block_size = config["algorithm"], config["bits"], config["block_size"]
+        if algorithm == "gguf":
+            return _from_gguf(model, source, config, set(excluded), ctx)
         if algorithm == "rtn":
             algo = nbits.DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=config["is_symmetric"],
                                                       accuracy_level=config["accuracy_level"], bits=bits,
@@ -170,6 +174,27 @@ class OnnxWeightOnlyQuantization(Pass):
             raise PassError(f"{type(self).__name__} ({algorithm}) failed: {first}",
                             "keep the failing nodes in float with nodes_to_exclude, or try another algorithm") from exc
         return quantizer.model.model
+
+
+def _from_gguf(model: ModelRef, source: Path, config: dict, excluded: set, ctx: PassContext):
+    import onnx
+
+    from ..llm.gguf_blocks import read_source, requantize_from_gguf
+    from ..models import file_sha256
+
+    origin = read_source(Path(model.path))
+    if origin is None:
+        raise PassError("algorithm gguf reuses the blocks of the GGUF file a model was read from; this model was not "
+                        "read from one", "give input_model.gguf_file, or use algorithm rtn / hqq / gptq")
+    gguf_path = Path(origin["file"])
+    if not gguf_path.is_file() or file_sha256(gguf_path) != origin["sha256"]:
+        raise PassError(f"algorithm gguf: the GGUF file {gguf_path} the model was read from is gone or changed",
+                        "restore it, or use algorithm rtn / hqq / gptq")
+    if config["block_size"] != 32:
+        raise PassError("algorithm gguf keeps the GGUF's own blocks of 32 weights", "set block_size: 32")
+    proto = onnx.load(str(source))
+    requantize_from_gguf(proto, gguf_path, config["accuracy_level"], excluded, ctx.log)
+    return proto
 
 
 def _refusal(config: dict) -> str | None:

@@ -1,4 +1,4 @@
-"""The seed's workflow functions: capture_onnx_graph, quantize and auto_opt.
+"""The seed's workflow functions: capture_onnx_graph, quantize, auto_opt and finetune.
 
 Each builds a recipe dict from its arguments (refusing, before any work, what olive-systems cannot
 honour) and runs it through the one engine, olive_systems.api.run. The command line has one
@@ -10,17 +10,26 @@ from __future__ import annotations
 import inspect
 from typing import Callable
 
+from .adapters import convert_adapters, extract_adapters, generate_adapter
 from .auto import auto_opt
 from .capture import capture_onnx_graph
+from .finetune import finetune
 from .quantization import quantize
 
 WORKFLOWS: dict[str, Callable] = {
     "capture_onnx_graph": capture_onnx_graph,
     "quantize": quantize,
     "auto_opt": auto_opt,
+    "finetune": finetune,
+    "generate_adapter": generate_adapter,
+}
+# Utility functions: they write files directly (no recipe, no WorkflowOutput) and return the path written.
+UTILITIES: dict[str, Callable] = {
+    "convert_adapters": convert_adapters,
+    "extract_adapters": extract_adapters,
 }
 
-__all__ = [*WORKFLOWS, "WORKFLOWS", "build_recipe"]
+__all__ = [*WORKFLOWS, *UTILITIES, "WORKFLOWS", "UTILITIES", "build_recipe"]
 
 
 def build_recipe(command: str, **arguments) -> dict:

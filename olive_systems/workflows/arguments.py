@@ -5,12 +5,17 @@ when its default is True or None), list[T] -> one or more T, Literal[...] -> cho
 -> that type; `X | None` is X, and a union of several forms takes the first (a command line gives
 a str where Python may also take a list or a dict). Help texts come from the docstring's "Args:"
 section. A parameter without a default is a required option.
+
+A `**kwargs` parameter takes `--kwargs KEY=VALUE ...`, and every option the command does not know,
+`--key value`, `--key=value` or a bare `--flag` (true), goes to it the same way. Values become int,
+float, true/false, null, JSON lists and objects, or else stay strings.
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import re
 import types
 import typing
@@ -85,7 +90,10 @@ def add_function_arguments(parser: argparse.ArgumentParser, func: Callable) -> l
     docs = docstring_args(func)
     names = []
     for name, parameter in inspect.signature(func).parameters.items():
-        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+        if parameter.kind == parameter.VAR_KEYWORD:
+            _add_keyword_arguments(parser, name, docs.get(name, ""))
+            continue
+        if parameter.kind == parameter.VAR_POSITIONAL:
             continue
         required = parameter.default is inspect.Parameter.empty
         options = argument_options(hints.get(name, str), None if required else parameter.default, required)
@@ -104,7 +112,78 @@ def add_function_arguments(parser: argparse.ArgumentParser, func: Callable) -> l
 
 
 def call_with_arguments(func: Callable, args: argparse.Namespace):
-    """func called with the parsed value of each of its parameters."""
-    names = [name for name, p in inspect.signature(func).parameters.items()
-             if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    return func(**{name: getattr(args, name) for name in names})
+    """func called with the parsed value of each of its parameters (a **kwargs one: its KEY=VALUE pairs)."""
+    parameters = inspect.signature(func).parameters.items()
+    names = [name for name, p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    extra = {}
+    for name in (name for name, p in parameters if p.kind == p.VAR_KEYWORD):
+        extra.update(keyword_pairs(getattr(args, name, None) or []))
+    clash = sorted(set(extra) & set(names))
+    if clash:
+        from ..errors import RecipeError
+
+        raise RecipeError(f"--{clash[0]} is given twice (once among the KEY=VALUE pairs)", "give it once")
+    return func(**{name: getattr(args, name) for name in names}, **extra)
+
+
+def _add_keyword_arguments(parser: argparse.ArgumentParser, name: str, text: str) -> None:
+    """`--name KEY=VALUE ...`, and the parser's unknown options gathered into the same list."""
+    text = f"{text} Given as --{name} KEY=VALUE ..., or each as an option of its own: --KEY VALUE.".strip()
+    flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+    parser.add_argument(*flags, dest=name, nargs="+", metavar="KEY=VALUE", default=None, help=text.replace("%", "%%"))
+    known = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        namespace, rest = known(args, namespace)
+        pairs, left = [], []
+        index = 0
+        while index < len(rest):
+            token = rest[index]
+            if not token.startswith("--") or token == "--":
+                left.append(token)
+            elif "=" in token:
+                pairs.append(token[2:])
+            elif index + 1 < len(rest) and not rest[index + 1].startswith("--"):
+                pairs.append(f"{token[2:]}={rest[index + 1]}")
+                index += 1
+            else:
+                pairs.append(f"{token[2:]}=true")
+            index += 1
+        if pairs:
+            setattr(namespace, name, [*(getattr(namespace, name, None) or []), *pairs])
+        return namespace, left
+
+    parser.parse_known_args = parse_known_args
+
+
+def keyword_pairs(items: list[str]) -> dict:
+    """['learning_rate=1e-4', 'max-steps=10'] -> {'learning_rate': 0.0001, 'max_steps': 10}."""
+    values = {}
+    for item in items:
+        key, separator, text = str(item).partition("=")
+        key = key.strip().lstrip("-").replace("-", "_")
+        if not separator or not key.isidentifier():
+            from ..errors import RecipeError
+
+            raise RecipeError(f"'{item}' is not KEY=VALUE", "write each extra argument as --KEY VALUE or KEY=VALUE")
+        values[key] = _value(text.strip())
+    return values
+
+
+def _value(text: str):
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    if text.startswith(("[", "{")):
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass
+    return text
