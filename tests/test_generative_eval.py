@@ -85,9 +85,10 @@ def test_kv_cache_loop_matches_torch(tiny_llama):
     from olive_systems.llm.runners import open_decoder
 
     hf, onnx_ref, _ = tiny_llama
-    ort = open_decoder(onnx_ref)
+    ort = open_decoder(onnx_ref, kind="ort")
     torch_decoder = open_decoder(hf)
     assert (ort.kind, torch_decoder.kind) == ("ort", "torch")
+    assert open_decoder(onnx_ref).kind == "genai"  # a KV-cache export with genai_config.json runs as users run it
     ids = np.random.default_rng(0).integers(1000, 30000, 14)
     with torch.no_grad():
         expected = torch_decoder.torch_model(torch.from_numpy(ids)[None]).logits[0].numpy()

@@ -8,11 +8,12 @@
 Which runtime runs a model (`decoder_kind`):
 
 * ``torch``: an HfModel (the reference), in transformers on the CPU.
-* ``genai``: a folder onnxruntime-genai must run: the model builder's output (GroupQueryAttention,
-  a past/present buffer shared at max length). Through og.Model / og.Generator only.
-* ``ort``: any other ONNX decoder (OnnxConversion's export and what later passes make of it): a
-  plain onnxruntime loop that feeds the presents back as the pasts; a decoder exported without a KV
-  cache (task text-generation) is run over the whole sequence at every step.
+* ``genai``: a folder with genai_config.json and a KV cache: the model builder's output
+  (GroupQueryAttention, a past/present buffer shared at max length) and OnnxConversion's decoder
+  exports with what later passes make of them. Through og.Model / og.Generator, as users run them.
+* ``ort``: any other ONNX decoder (kind='ort' forces it on the folders above): a plain onnxruntime
+  loop that feeds the presents back as the pasts; a decoder exported without a KV cache (task
+  text-generation) is run over the whole sequence at every step.
 
 Every runtime decodes greedily at batch 1 and, unless asked to stop at EOS, never stops early: the
 EOS ids are masked out of the argmax, exactly as onnxruntime-genai's min_length does, so every
@@ -117,7 +118,12 @@ def decoder_kind(model: ModelRef) -> str:
         return "torch"
     if model.type != "OnnxModel":
         raise OliveSystemsError(f"cannot run a model of type {model.type} as a decoder", "use an HfModel or OnnxModel")
-    return "genai" if is_builder_folder(model) else "ort"
+    if is_builder_folder(model):
+        return "genai"
+    # A decoder export with its KV cache and genai_config.json runs as its users run it (the packaged
+    # sample, any genai app): through onnxruntime-genai. Without a cache, the plain loop recomputes.
+    decoder = _read_json(Path(model.path) / GENAI_CONFIG).get("model", {}).get("decoder", {})
+    return "genai" if decoder.get("inputs", {}).get("past_key_names") else "ort"
 
 
 def is_decoder(model: ModelRef) -> bool:
