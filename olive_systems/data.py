@@ -30,6 +30,8 @@ DATA_CONFIG_SCHEMA = {
                 "data_files": {"type": ["string", "array"], "items": {"type": "string"}},
                 "subset": {"type": ["string", "null"]},
                 "split": {"type": "string", "default": "train"},
+                "filter": {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]},
+                           "description": "keep the rows whose columns have these values, e.g. {split: test}"},
             },
             "required": ["data_name"],
             "additionalProperties": False,
@@ -125,6 +127,13 @@ def load_batches(data_config: dict, model_folder: Path) -> Batches:
     except Exception as exc:
         raise RecipeError(f"data config '{name}': cannot load dataset: {str(exc).splitlines()[0]}",
                           "check load_dataset_config (data_name, data_files, split)") from exc
+    wanted = load.get("filter") or {}
+    missing = [column for column in wanted if column not in dataset.column_names]
+    if missing:
+        raise RecipeError(f"data config '{name}': load_dataset_config.filter names {missing}, not columns of the dataset "
+                          f"(its columns: {dataset.column_names})", "filter on columns the dataset has")
+    if wanted:
+        dataset = dataset.filter(lambda row: all(row[column] == value for column, value in wanted.items()))
     pre = dict(data_config["pre_process_data_config"])
     if pre.get("max_samples") and pre["type"] != "text_generation":  # it counts prompts or windows itself
         dataset = dataset.select(range(min(pre["max_samples"], len(dataset))))

@@ -264,3 +264,50 @@ def test_several_accelerators_in_one_run(tiny_bert, tmp_path):
     assert len(output.get_output_models()) == 4 and sorted(m.rank for m in output.get_output_models()) == [1, 2, 3, 4]
     # the same exported model, evaluated on each EP against that EP's own input-model baseline
     assert set(WorkflowOutput.load(output.output_dir)._data["input_model_metrics_by_accelerator"]) == {"cpu-cpu", "cpu-openvino"}
+
+
+# ---- conformance of the generative passes and metrics ----
+
+@pytest.fixture(scope="module")
+def tiny_decoder_onnx(tiny_llama, tmp_path_factory) -> Path:
+    from test_llm_end_to_end import llm_recipe
+
+    tmp = tmp_path_factory.mktemp("decoder_onnx")
+    recipe = llm_recipe(tiny_llama, tmp)
+    recipe.update(evaluators={}, pass_flows=[["conversion"]])
+    recipe["engine"].pop("packaging_config")
+    olive_systems.run(recipe)
+    return tmp / "out" / "conversion"
+
+
+def decoder_system_recipe(onnx_folder: Path, tmp: Path, system: dict) -> dict:
+    from test_llm_end_to_end import llm_recipe
+
+    recipe = llm_recipe(onnx_folder, tmp)
+    recipe["input_model"] = {"type": "OnnxModel", "model_path": str(onnx_folder), "task": "text-generation-with-past"}
+    recipe["passes"] = {name: entry for name, entry in recipe["passes"].items() if name in ("rtn_int4", "int8")}
+    recipe["pass_flows"] = [["rtn_int4"], ["int8"]]
+    metrics = recipe["evaluators"]["llm"]["metrics"]
+    recipe["evaluators"]["llm"]["metrics"] = [m for m in metrics if m["type"] != "generation"]  # timings differ
+    recipe["engine"].pop("packaging_config")
+    recipe["systems"] = {"sys": {**system, "accelerators": [{"device": "cpu", "execution_providers": ["CPUExecutionProvider"]}]}}
+    recipe["engine"].update(host="sys", target="sys")
+    return recipe
+
+
+def decoder_outcome(output) -> dict:
+    return {m.model_id: (file_sha(str(Path(m.model_path).parent / "model.onnx") if Path(m.model_path).is_file()
+                                  else str(Path(m.model_path) / "model.onnx")),
+                         round(m.metrics_value["perplexity-perplexity"], 4), m.metrics_value["agreement-token_match"])
+            for m in output.get_output_models()}
+
+
+@pytest.mark.parametrize("kind", ["venv", "docker"])
+def test_weight_only_passes_and_generative_metrics_match_local(tiny_decoder_onnx, tmp_path, kind):
+    if kind == "docker":
+        need_docker()
+    local = decoder_outcome(olive_systems.run(decoder_system_recipe(tiny_decoder_onnx, tmp_path / "local", {"type": "LocalSystem"})))
+    system = ({"type": "VenvSystem", "requirements": str(CPU_REQUIREMENTS), "venv_dir": str(tmp_path / "venvs")}
+              if kind == "venv" else {"type": "DockerSystem", "image": "cpu"})
+    remote = decoder_outcome(olive_systems.run(decoder_system_recipe(tiny_decoder_onnx, tmp_path / kind, system)))
+    assert remote == local and len(local) == 2

@@ -164,7 +164,7 @@ class LocalCache:
         """Remove temp and job folders left by runs that were killed (their process is gone)."""
         for folder in [*(self.root / "tmp").glob("*-*"), *(self.root / "jobs").glob("*-*")]:
             pid = folder.name.split("-", 1)[0]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not process_alive(int(pid)):
                 shutil.rmtree(folder, ignore_errors=True)
 
     def clear(self) -> None:
@@ -182,7 +182,7 @@ class LocalCache:
         shutil.rmtree(trash, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

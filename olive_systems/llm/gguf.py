@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import OliveSystemsError, RecipeError
+from ..cache.local import process_alive
 from ..models import file_sha256
 from .gguf_blocks import write_source
 from .tokenizer import check_genai_tokenizer, repair_tokenizer_files
@@ -149,16 +150,6 @@ def gguf_to_hf_folder(gguf_path: Path, out_dir: Path, log: Callable[[str], None]
 READER_VERSION = 2
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _open_permissions(folder: Path) -> None:
     """mkdtemp (and the safetensors writer) make owner-only entries; a cache folder is read by
     other users too (a container's), so give it the permissions the umask gives any new file."""
@@ -185,7 +176,7 @@ def materialize_gguf(gguf_path: Path, cache_root: Path, log: Callable[[str], Non
     tmp_root.mkdir(parents=True, exist_ok=True)
     for stale in tmp_root.glob("*-gguf-*"):
         pid = stale.name.split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-gguf-", dir=tmp_root))
     try:

@@ -376,12 +376,21 @@ class GenaiDecoder(_Decoder):
             config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
         self.genai_model = og.Model(config)
         self.full_logits = None  # learnt on the first forward_logits: does append_tokens give every position?
+        # A folder serving adapters (ExtractAdapters) is scored with its own adapter active, not as the bare base.
+        adapter_file = ((model.attributes or {}).get("adapters") or {}).get("file")
+        self.adapters = None
+        if adapter_file and adapter_file.endswith(".onnx_adapter") and (Path(model.path) / adapter_file).is_file():
+            self.adapters = og.Adapters(self.genai_model)
+            self.adapters.load(str(Path(model.path) / adapter_file), "own")
 
     def _generator(self, max_length: int, min_length: int = 0):
         params = self.og.GeneratorParams(self.genai_model)
         params.set_search_options(max_length=max_length, min_length=min_length, do_sample=False, top_k=1,
                                   num_beams=1, num_return_sequences=1)
-        return self.og.Generator(self.genai_model, params)
+        generator = self.og.Generator(self.genai_model, params)
+        if self.adapters is not None:
+            generator.set_active_adapter(self.adapters, "own")
+        return generator
 
     def forward_logits(self, ids) -> np.ndarray:
         """Every position's logits from one append_tokens (get_output("logits") holds them all for a
