@@ -306,7 +306,7 @@ class Engine:
             "type": entry["type"],
             "config": config,
             "data": {name: self._fingerprint(name)
-                     for name in [config.get("data_config")] if name},
+                     for name in pass_cls.data_configs_used(config)},
             "accelerator": accelerator.to_dict() if pass_cls.accelerator_dependent else None,
             "system": self.systems[system_name].fingerprint(pass_cls.depends_on),
         })
@@ -329,7 +329,7 @@ class Engine:
     def _run_pass_once(self, pass_name, entry, pass_cls, config, key, model, accelerator, system_name):
         started = time.perf_counter()
         job = {"kind": "pass", "pass": {"name": pass_name, "type": entry["type"], "config": config}}
-        data_names = [config["data_config"]] if config.get("data_config") else []
+        data_names = pass_cls.data_configs_used(config)
 
         def build(folder: Path) -> dict:
             result, job_dir = self._dispatch(system_name, job, model, accelerator, data_names, None, pass_name,

@@ -227,6 +227,7 @@ def load_recipe(source, base_dir: Path | None = None) -> dict:
     recipe = _normalize(raw, base, name, schema)
     _check_references(recipe, name)
     check_input_model(recipe["input_model"], name)
+    check_generation_fits(recipe, name)
     return recipe
 
 
@@ -402,8 +403,11 @@ def _check_references(recipe: dict, name: str) -> None:
     for evaluator_name, evaluator in recipe["evaluators"].items():
         for index, metric in enumerate(evaluator["metrics"]):
             use("data config", metric.get("data_config"), f"evaluators.{evaluator_name}.metrics[{index}]")
+    from .passes import get_pass_class
+
     for pass_name, entry in recipe["passes"].items():
-        use("data config", (entry.get("config") or {}).get("data_config"), f"passes.{pass_name}.config")
+        for key in get_pass_class(entry["type"]).data_config_keys:
+            use("data config", (entry.get("config") or {}).get(key), f"passes.{pass_name}.config.{key}")
         use("system", entry.get("host"), f"passes.{pass_name}.host")
     for index, flow in enumerate(recipe["pass_flows"]):
         for pass_name in flow:
@@ -446,6 +450,42 @@ def check_input_model(spec: dict, name: str) -> None:
         if not any((path / f).is_file() for f in tokenizer_files):
             raise RecipeError(f"{name}: input_model.model_path {path} has no tokenizer (none of {', '.join(tokenizer_files)})",
                               "save the tokenizer beside the model: AutoTokenizer.from_pretrained(...).save_pretrained(folder)")
+
+
+GENERATION_DEFAULTS = {"generation": (128, 128), "memory": (32, 16)}  # (prompt_tokens, new_tokens)
+
+
+def check_generation_fits(recipe: dict, name: str) -> None:
+    """A prompt and its continuation longer than the input model's context: refused before any work."""
+    timed = [(evaluator, index, metric) for evaluator, entry in recipe["evaluators"].items()
+             for index, metric in enumerate(entry["metrics"]) if metric["type"] in GENERATION_DEFAULTS]
+    context = _context_length(recipe["input_model"]) if timed else None
+    for evaluator, index, metric in timed if context else []:
+        config = metric.get("metric_config") or {}
+        prompt, new = (config.get(key, default) for key, default in
+                       zip(("prompt_tokens", "new_tokens"), GENERATION_DEFAULTS[metric["type"]]))
+        if prompt + new > context:
+            raise RecipeError(f"{name}: evaluators.{evaluator}.metrics[{index}].metric_config: prompt_tokens ({prompt}) + "
+                              f"new_tokens ({new}) exceed the model's context of {context} tokens",
+                              f"lower prompt_tokens / new_tokens to {context} tokens together")
+
+
+def _context_length(spec: dict) -> int | None:
+    """The input model's context, where it can be read without loading the model."""
+    if spec["model_path"].startswith("azureml:"):
+        return None
+    path = Path(spec["model_path"])
+    if spec.get("gguf_file"):
+        from .llm.gguf import gguf_metadata
+
+        found = [v for k, v in gguf_metadata(path / spec["gguf_file"]).items() if k.endswith(".context_length")]
+        return int(found[0]) if found else None
+    config = path / "config.json" if path.is_dir() else path.parent / "config.json"
+    if not config.is_file():
+        return None
+    data = json.loads(config.read_text())
+    value = next((data[k] for k in ("max_position_embeddings", "n_positions", "n_ctx") if data.get(k)), None)
+    return int(value) if value else None
 
 
 def apply_overrides(recipe: dict, output_dir=None, cache_dir=None, clean_cache: bool = False,

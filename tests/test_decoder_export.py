@@ -161,3 +161,13 @@ def test_missing_gguf_and_tokenizerless_folders_are_refused(tmp_path, tiny_llama
         load_recipe(_recipe(bare, task="text-generation"))
     with pytest.raises(RecipeError, match="no config.json"):
         load_recipe(_recipe(tmp_path, task="text-generation"))
+
+
+def test_a_prompt_longer_than_the_context_is_refused_at_validation(tiny_llama):
+    recipe = _recipe(tiny_llama, task="text-generation-with-past")
+    recipe["evaluators"] = {"e": {"metrics": [{"name": "g", "type": "generation", "sub_types": [{"name": "ttft_ms"}],
+                                               "metric_config": {"prompt_tokens": 200, "new_tokens": 100}}]}}
+    with pytest.raises(RecipeError) as error:
+        load_recipe(recipe)
+    assert "evaluators.e.metrics[0].metric_config: prompt_tokens (200) + new_tokens (100)" in error.value.message
+    assert "context of 256 tokens" in error.value.message

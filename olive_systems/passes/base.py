@@ -45,6 +45,13 @@ class Pass:
     # A pass that times the model (session tuning) must have the machine to itself while it runs.
     measures_timing: ClassVar[bool] = False
     description: ClassVar[str] = ""
+    # Config keys that name data_configs entries: the engine ships their batches with the job and
+    # puts their content in the cache key.
+    data_config_keys: ClassVar[tuple] = ("data_config",)
+
+    @classmethod
+    def data_configs_used(cls, config: dict) -> list[str]:
+        return [config[key] for key in cls.data_config_keys if config.get(key)]
 
     @classmethod
     def full_schema(cls) -> dict:
