@@ -33,7 +33,8 @@ from llama_cpp import Llama
 path, ids, new, rounds, threads = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 llm = Llama(model_path=path, n_ctx=1024, n_threads=threads, n_threads_batch=threads, n_batch=512, verbose=False)
 eos = llm.token_eos()
-for _ in range(rounds + 1):  # the first round warms up
+for _ in range(rounds + 1):  # the first round warms up; each round waits for the parent's go
+    sys.stdin.readline()
     llm.reset()
     start = time.perf_counter()
     llm.eval(ids)
@@ -110,13 +111,18 @@ def main() -> int:
     engines["input model (torch eager fp32)"] = open_decoder(gguf_folder, kind="torch")
     results: dict[str, list[dict]] = {name: [] for name in [*engines, "llama.cpp"]}
     llama = subprocess.Popen([str(llama_python()), "-c", LLAMA_CPP_SCRIPT, str(gguf), json.dumps(ids), str(NEW),
-                              str(ROUNDS), str(THREADS)], stdout=subprocess.PIPE, text=True)
-    llama_lines = iter(llama.stdout)
-    next(llama_lines)  # warm-up round
+                              str(ROUNDS), str(THREADS)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def llama_round() -> dict:  # one generation, while nothing else runs
+        llama.stdin.write("go\n")
+        llama.stdin.flush()
+        return json.loads(llama.stdout.readline())
+
+    llama_round()  # warm-up
     for name, engine in engines.items():
         engine.generate(ids, NEW)  # warm-up
-    for _ in range(ROUNDS):  # interleaved: one generation of each engine per round
-        results["llama.cpp"].append(json.loads(next(llama_lines)))
+    for _ in range(ROUNDS):  # interleaved: one generation of each engine per round, one at a time
+        results["llama.cpp"].append(llama_round())
         for name, engine in engines.items():
             out = engine.generate(ids, NEW)
             results[name].append({"prefill_s": out.prefill_s, "ttft_s": out.ttft_s, "decode_s": out.decode_s, "tokens": out.tokens})
@@ -132,7 +138,7 @@ def main() -> int:
         mem = metrics.get("memory-peak_rss_mb", {}).get("value")
         print(f"{name:<44}{row['tokens_per_s']:>14.1f}{row['tokens_per_s'] / reference['tokens_per_s']:>13.2f}"
               f"{row['ttft_ms']:>10.1f}{row['ttft_ms'] / reference['ttft_ms']:>13.2f}"
-              f"{ppl if ppl is None else f'{ppl:.3f}':>12}{mem if mem is None else f'{mem:.0f}':>10}")
+              f"{'-' if ppl is None else f'{ppl:.3f}':>12}{'-' if mem is None else f'{mem:.0f}':>10}")
     int4 = [name for name in engines if "int4" in name and "loop" not in name]
     best = max(int4, key=lambda name: summary[name]["tokens_per_s"])
     base = data["input_model_metrics"]

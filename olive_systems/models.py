@@ -192,6 +192,10 @@ def _tensors(graph):
                 yield from _tensors(subgraph)
 
 
+# Files that never hold a model's external tensors (tokenizer, configs, templates, adapters, notes).
+SIDE_FILE_SUFFIXES = {".json", ".txt", ".jinja", ".md", ".model", ".onnx_adapter", ".py", ".yaml"}
+
+
 def external_data_files(folder: Path, onnx_names: list[str] | None = None) -> list[str]:
     """Files of the folder (relative POSIX paths) that its ONNX model(s) read as external data."""
     import onnx
@@ -199,6 +203,9 @@ def external_data_files(folder: Path, onnx_names: list[str] | None = None) -> li
     folder = Path(folder)
     names = onnx_names if onnx_names is not None else [p.relative_to(folder).as_posix()
                                                        for p in folder.rglob("*.onnx") if p.is_file()]
+    others = [p for p in folder.rglob("*") if p.is_file() and p.suffix != ".onnx"]
+    if all(p.suffix in SIDE_FILE_SUFFIXES for p in others):  # nothing that could hold tensors: no need to parse
+        return []
     found = set()
     for name in names:
         path = folder / name

@@ -476,9 +476,9 @@ def _context_length(spec: dict) -> int | None:
         return None
     path = Path(spec["model_path"])
     if spec.get("gguf_file"):
-        from .llm.gguf import gguf_metadata
+        from .llm.gguf import gguf_scalars
 
-        found = [v for k, v in gguf_metadata(path / spec["gguf_file"]).items() if k.endswith(".context_length")]
+        found = [v for k, v in gguf_scalars(path / spec["gguf_file"]).items() if k.endswith(".context_length")]
         return int(found[0]) if found else None
     config = path / "config.json" if path.is_dir() else path.parent / "config.json"
     if not config.is_file():

@@ -52,6 +52,39 @@ def _require_gguf(gguf_path: Path) -> Path:
     return gguf_path.resolve()
 
 
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+
+
+def gguf_scalars(gguf_path: Path) -> dict:
+    """The scalar metadata of a GGUF file (strings and numbers; arrays skipped), read from its header
+    alone: milliseconds, where the full reader parses every token of the vocabulary (seconds)."""
+    import struct
+
+    def read(f, fmt):
+        return struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
+
+    def text(f):
+        return f.read(read(f, "<Q")).decode("utf-8", "replace")
+
+    found = {}
+    with open(_require_gguf(gguf_path), "rb") as f:
+        f.read(4 + 4 + 8)  # magic, version, tensor count
+        for _ in range(read(f, "<Q")):
+            key, kind = text(f), read(f, "<I")
+            if kind in _SCALARS:
+                found[key] = read(f, _SCALARS[kind])
+            elif kind == 8:
+                found[key] = text(f)
+            else:  # an array: element type, count, elements
+                element, count = read(f, "<I"), read(f, "<Q")
+                if element == 8:
+                    for _ in range(count):
+                        f.seek(read(f, "<Q"), 1)
+                else:
+                    f.seek(count * struct.calcsize(_SCALARS[element]), 1)
+    return found
+
+
 def gguf_metadata(gguf_path: Path, prefix: str = "") -> dict:
     """The GGUF file's scalar and short metadata fields (token lists and merges left out)."""
     from gguf import GGUFReader
