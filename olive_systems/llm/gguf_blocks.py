@@ -60,12 +60,10 @@ class GgufRows:
         from gguf import GGUFReader
 
         self.rows: dict[bytes, tuple] = {}
-        self.kinds: dict[str, int] = {}
         for tensor in GGUFReader(str(gguf_path)).tensors:
             kind = tensor.tensor_type.name
             if kind not in _LAYOUTS:
                 continue
-            self.kinds[kind] = self.kinds.get(kind, 0) + 1
             raw = np.asarray(tensor.data)
             n_rows = raw.shape[0]
             q, scale, zero, values = _blocks(kind, raw)
