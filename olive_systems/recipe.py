@@ -431,6 +431,11 @@ def _check_references(recipe: dict, name: str) -> None:
 def check_input_model(spec: dict, name: str) -> None:
     """What can be known about the input model before any work: the GGUF file is there, an HF
     folder has a config and a tokenizer."""
+    from .models import is_generative
+
+    if is_generative(spec.get("task")) and (spec.get("io_config") or spec.get("dummy_inputs_func")):
+        raise RecipeError(f"{name}: input_model.io_config / dummy_inputs_func: a decoder's inputs and outputs (its KV "
+                          "cache included) come from its config", "remove them from input_model")
     if spec["model_path"].startswith("azureml:"):
         return
     path = Path(spec["model_path"])
@@ -452,18 +457,18 @@ def check_input_model(spec: dict, name: str) -> None:
                               "save the tokenizer beside the model: AutoTokenizer.from_pretrained(...).save_pretrained(folder)")
 
 
-GENERATION_DEFAULTS = {"generation": (128, 128), "memory": (32, 16)}  # (prompt_tokens, new_tokens)
-
-
 def check_generation_fits(recipe: dict, name: str) -> None:
     """A prompt and its continuation longer than the input model's context: refused before any work."""
     timed = [(evaluator, index, metric) for evaluator, entry in recipe["evaluators"].items()
-             for index, metric in enumerate(entry["metrics"]) if metric["type"] in GENERATION_DEFAULTS]
+             for index, metric in enumerate(entry["metrics"]) if metric["type"] in ("generation", "memory")]
     context = _context_length(recipe["input_model"]) if timed else None
-    for evaluator, index, metric in timed if context else []:
-        config = metric.get("metric_config") or {}
-        prompt, new = (config.get(key, default) for key, default in
-                       zip(("prompt_tokens", "new_tokens"), GENERATION_DEFAULTS[metric["type"]]))
+    if not context:
+        return
+    from .evaluation.generative import DEFAULTS  # the metrics' own defaults, not a copy
+
+    for evaluator, index, metric in timed:
+        config = {**DEFAULTS[metric["type"]], **(metric.get("metric_config") or {})}
+        prompt, new = config["prompt_tokens"], config["new_tokens"]
         if prompt + new > context:
             raise RecipeError(f"{name}: evaluators.{evaluator}.metrics[{index}].metric_config: prompt_tokens ({prompt}) + "
                               f"new_tokens ({new}) exceed the model's context of {context} tokens",
@@ -483,8 +488,10 @@ def _context_length(spec: dict) -> int | None:
     config = path / "config.json" if path.is_dir() else path.parent / "config.json"
     if not config.is_file():
         return None
+    from .llm.spec import CONTEXT_KEYS
+
     data = json.loads(config.read_text())
-    value = next((data[k] for k in ("max_position_embeddings", "n_positions", "n_ctx") if data.get(k)), None)
+    value = next((data[k] for k in CONTEXT_KEYS if data.get(k)), None)
     return int(value) if value else None
 
 

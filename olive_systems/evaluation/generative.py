@@ -35,6 +35,8 @@ greedy_agreement {token_match, exact_match}
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from ..errors import OliveSystemsError, RecipeError
@@ -200,8 +202,6 @@ def agreement(mine: np.ndarray, theirs: np.ndarray) -> dict:
 
 
 def weight_bytes(model: ModelRef) -> int:
-    from pathlib import Path
-
     folder = Path(model.path)
     if model.type == "OnnxModel":
         onnx_files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.onnx") if p.is_file())

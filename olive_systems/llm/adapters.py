@@ -192,7 +192,8 @@ def read_peft_adapter(path: Path | str, check_type: bool = True) -> PeftAdapter:
     if weights is None:
         raise RecipeError(f"{folder} is not a complete peft adapter: it has {ADAPTER_CONFIG} but no "
                           f"{' or '.join(PEFT_WEIGHT_FILES)}", "save the adapter again with peft's save_pretrained()")
-    return PeftAdapter(folder, config, _read_tensors(weights))
+    adapter.tensors = _read_tensors(weights)
+    return adapter
 
 
 def _read_tensors(path: Path) -> dict:

@@ -2,7 +2,7 @@
 
 A model read from a GGUF file carries weights that were dequantized from 32-weight blocks
 (Q4_0: d*(q-8); Q4_1: d*q + m; Q8_0: d*q). Quantizing those fp32 weights again (RTN, HQQ, the
-model builder) rounds a second time: on SmolLM2's Q4_1 blocks that cost 1.28x in perplexity.
+model builder) rounds a second time: on SmolLM2's Q4_1 blocks that cost about 1.3x in perplexity.
 Instead, each MatMul weight whose rows are found, bit for bit, among the GGUF's dequantized rows
 becomes a MatMulNBits with exactly those blocks (scale d; zero point 8, 128, or for Q4_1 zero plus
 the block offsets m added through the input's block sums), so the int4 model computes the very

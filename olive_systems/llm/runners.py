@@ -379,7 +379,11 @@ class GenaiDecoder(_Decoder):
         # A folder serving adapters (ExtractAdapters) is scored with its own adapter active, not as the bare base.
         adapter_file = ((model.attributes or {}).get("adapters") or {}).get("file")
         self.adapters = None
-        if adapter_file and adapter_file.endswith(".onnx_adapter") and (Path(model.path) / adapter_file).is_file():
+        if adapter_file:
+            if not adapter_file.endswith(".onnx_adapter") or not (Path(model.path) / adapter_file).is_file():
+                raise OliveSystemsError(f"{model.path}: its adapter {adapter_file} is not an .onnx_adapter file in the "
+                                        "folder: onnxruntime-genai cannot load it, and the base alone would be scored",
+                                        "extract the adapters with adapter_format onnx_adapter")
             self.adapters = og.Adapters(self.genai_model)
             self.adapters.load(str(Path(model.path) / adapter_file), "own")
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-PAST_KEY = "past_key_values.{}.key"
-PAST_VALUE = "past_key_values.{}.value"
+# config.json keys that hold a model's context length, by family (Llama/Qwen/Phi; GPT-2; older GPT-2)
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx")
+PAST_PREFIX = "past_key_values"
 PRESENT_KEY = "present.{}.key"
 PRESENT_VALUE = "present.{}.value"
 
@@ -43,20 +44,20 @@ class DecoderSpec:
             head_size=get("head_dim", default=hidden // heads),
             hidden_size=hidden,
             vocab_size=get("vocab_size"),
-            context_length=get("max_position_embeddings", "n_positions", "n_ctx", default=2048),
+            context_length=get(*CONTEXT_KEYS, default=2048),
             bos_token_id=get("bos_token_id"),
             eos_token_id=list(eos) if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else []),
             pad_token_id=get("pad_token_id"),
         )
 
-    def past_names(self) -> list[str]:
-        return [name.format(i) for i in range(self.num_layers) for name in (PAST_KEY, PAST_VALUE)]
+    def past_names(self, prefix: str = PAST_PREFIX) -> list[str]:
+        return [f"{prefix}.{i}.{kind}" for i in range(self.num_layers) for kind in ("key", "value")]
 
     def present_names(self) -> list[str]:
         return [name.format(i) for i in range(self.num_layers) for name in (PRESENT_KEY, PRESENT_VALUE)]
 
-    def io_config(self, with_past: bool, position_ids: bool = True) -> dict:
-        """Input/output names and dynamic axes of a decoder export."""
+    def io_config(self, with_past: bool, position_ids: bool = True, past_prefix: str = PAST_PREFIX) -> dict:
+        """Input/output names and dynamic axes of a decoder export (past inputs named <past_prefix>.N.key)."""
         inputs = ["input_ids", "attention_mask"] + (["position_ids"] if position_ids else [])
         axes = {"input_ids": {0: "batch_size", 1: "sequence_length"},
                 "attention_mask": {0: "batch_size", 1: "total_sequence_length"},
@@ -64,9 +65,9 @@ class DecoderSpec:
                 "logits": {0: "batch_size", 1: "sequence_length"}}
         outputs = ["logits"]
         if with_past:
-            inputs += self.past_names()
+            inputs += self.past_names(past_prefix)
             outputs += self.present_names()
-            axes.update({name: {0: "batch_size", 2: "past_sequence_length"} for name in self.past_names()})
+            axes.update({name: {0: "batch_size", 2: "past_sequence_length"} for name in self.past_names(past_prefix)})
             axes.update({name: {0: "batch_size", 2: "total_sequence_length"} for name in self.present_names()})
         else:
             axes["attention_mask"] = {0: "batch_size", 1: "sequence_length"}

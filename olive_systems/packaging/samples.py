@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from importlib import resources
+from pathlib import Path
 
 from ..output import ModelOutput
 
@@ -72,8 +73,6 @@ def render_samples(best: ModelOutput | None, candidate: str, runtime: dict | Non
 
 
 def is_generative_candidate(model: ModelOutput) -> bool:
-    from pathlib import Path
-
     from ..llm.genai_folder import is_genai_folder
 
     path = Path(model.model_path)

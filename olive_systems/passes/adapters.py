@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..errors import PassError
 from ..llm.adapters import (ADAPTER_DTYPES, ADAPTER_FORMATS, INT4_BLOCK_SIZES, INT4_MODES, LORA_KEY, QUANT, SCALES,
-                            TYPE_REFUSALS, ZERO_POINTS, cast, lora_name, quantize_int4, save_adapter_weights,
+                            TYPE_REFUSALS, ZERO_POINTS, _attr, cast, lora_name, quantize_int4, save_adapter_weights,
                             weights_file_name)
 from ..models import ModelRef, copy_side_files, folder_sha256, has_external_data, load_onnx, save_onnx
 from .base import Pass, PassContext
@@ -275,12 +275,7 @@ def find_lora_modules(graph, nodes: list | None = None) -> list[dict]:
 
 
 def _perm(node) -> list:
-    from onnx import helper
-
-    for attribute in node.attribute:
-        if attribute.name == "perm":
-            return list(helper.get_attribute_value(attribute))
-    return [1, 0]  # no perm: reverse the axes
+    return list(_attr(node, "perm", [1, 0]))  # no perm: reverse the axes
 
 
 def _cast_if(new_nodes: list, name: str, stored: int, compute: int) -> str:

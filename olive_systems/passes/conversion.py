@@ -82,27 +82,19 @@ class OnnxConversion(Pass):
             from ..llm.genai_folder import write_genai_config
 
             write_genai_config(out_dir, spec, io_config, Path(model.path))
-            attributes["decoder"] = {"with_past": len(io_config["input_names"]) > 3}
+            attributes["decoder"] = {"with_past": canonical_task(model.task) == "text-generation-with-past"}
         return ModelRef(type="OnnxModel", path=str(out_dir), hash=folder_sha256(out_dir), task=model.task,
                         io_config=io_config, attributes=attributes)
 
     @staticmethod
     def _decoder(model: ModelRef, hf_model, config: dict, dtype):
         from ..llm.export import accepts_position_ids, decoder_module, dummy_inputs
-        from ..llm.spec import DecoderSpec
+        from ..llm.spec import PAST_PREFIX, DecoderSpec
 
-        if model.io_config or model.dummy_inputs_func:
-            raise PassError("a decoder's inputs and outputs (KV cache included) are derived from its config",
-                            "remove io_config / dummy_inputs_func from input_model")
         spec = DecoderSpec.from_config(hf_model.config)
         with_past = canonical_task(model.task) == "text-generation-with-past"
         position_ids = accepts_position_ids(hf_model)
-        io_config = spec.io_config(with_past, position_ids)
-        prefix = config["past_key_value_name"]
-        if prefix:  # past_key_values.0.key -> <prefix>.0.key
-            rename = lambda name: prefix + name[len("past_key_values"):] if name.startswith("past_key_values.") else name  # noqa: E731
-            io_config = {"input_names": [rename(n) for n in io_config["input_names"]], "output_names": io_config["output_names"],
-                         "dynamic_axes": {rename(k): v for k, v in io_config["dynamic_axes"].items()}}
+        io_config = spec.io_config(with_past, position_ids, config["past_key_value_name"] or PAST_PREFIX)
         module = decoder_module(hf_model, spec, with_past, position_ids)
         return module, dummy_inputs(spec, with_past, position_ids, dtype=dtype), io_config, spec
 

@@ -89,10 +89,7 @@ class LoRA(Pass):
             raise PassError("the input model already carries a LoRA adapter",
                             "merge it first (peft: merge_and_unload().save_pretrained(DIR)) and start from DIR")
         if config["method"] == "qlora":
-            reason = qlora_unavailable()
-            if reason:
-                raise PassError(f"QLoRA needs bitsandbytes 4-bit kernels: a CUDA GPU, or a bitsandbytes build with CPU "
-                                f"support ({reason})", QLORA_FIX)
+            check_qlora()
         arguments = check_training_args(config["training_args"])
         import torch
 
@@ -163,6 +160,14 @@ def qlora_unavailable() -> str | None:
     return None
 
 
+def check_qlora() -> None:
+    """PassError when bitsandbytes' 4-bit layers cannot run here (the reason, and LoRA as the fix)."""
+    reason = qlora_unavailable()
+    if reason:
+        raise PassError(f"QLoRA needs bitsandbytes 4-bit kernels: a CUDA GPU, or a bitsandbytes build with CPU "
+                        f"support ({reason})", QLORA_FIX)
+
+
 def check_training_args(training_args: dict | None, label: str = "training_args") -> dict:
     """training_args as given, after checking every name against transformers.TrainingArguments."""
     import dataclasses
@@ -192,13 +197,18 @@ def linear_module_names(model) -> list[str]:
     return [name for name, module in model.named_modules() if name and isinstance(module, (nn.Linear, Conv1D))]
 
 
+def _leaf_names(names: list[str]) -> list[str]:
+    """The last parts of module names, sorted and unique: what target_modules names."""
+    return sorted({name.rsplit(".", 1)[-1] for name in names})
+
+
 def check_target_modules(model, wanted: list[str] | None):
     """The target_modules peft is given: the config's, each found in the model, or peft's default for
     the model type. A name matches a module whose full name is it or ends with '.' + it."""
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
     names = linear_module_names(model)
-    leaves = sorted({name.rsplit(".", 1)[-1] for name in names})
+    leaves = _leaf_names(names)
     model_type = getattr(model.config, "model_type", None)
     if wanted is None:
         default = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
@@ -339,7 +349,7 @@ def _with_adapter(hf_model, config: dict, targets, args):
     try:
         return get_peft_model(hf_model, lora)
     except (ValueError, TypeError) as exc:
-        leaves = sorted({name.rsplit(".", 1)[-1] for name in linear_module_names(hf_model)})
+        leaves = _leaf_names(linear_module_names(hf_model))
         raise PassError(f"peft could not add the adapter: {_first_line(exc)}",
                         f"set target_modules to some of: {', '.join(leaves)}") from exc
 

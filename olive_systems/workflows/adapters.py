@@ -9,17 +9,15 @@ olive_systems/llm/adapters.py for the layout of each format.
 
 from __future__ import annotations
 
-import logging
 import re
 import shutil
 from pathlib import Path
 from typing import Literal
 
 from ..errors import RecipeError
-from .common import (LogLevel, WorkflowOutput, _input_model_accepts, configure_logging, engine_section, input_model,
-                     refuse, run_workflow)
+from .common import (LOG, LogLevel, WorkflowOutput, _input_model_accepts, configure_logging, engine_section,
+                     input_model, refuse, run_workflow)
 
-LOG = logging.getLogger("olive_systems.workflows")
 AdapterFormat = Literal["pt", "numpy", "safetensors", "onnx_adapter"]
 AdapterDtype = Literal["float32", "float16"]
 Int4BlockSize = Literal[16, 32, 64, 128, 256]

@@ -107,17 +107,17 @@ def finetune(
 
 def build(args: dict) -> dict:
     from ..errors import PassError, RecipeError
-    from ..passes.lora import QLORA_FIX, check_training_args, qlora_unavailable
+    from ..passes.lora import check_qlora, check_training_args
 
     task = args["task"]
     if not is_generative(task):
         refuse("task", task, "LoRA fine-tuning here trains decoder language models",
                "use task text-generation-with-past (or text-generation)")
     if args["method"] == "qlora":
-        reason = qlora_unavailable()
-        if reason:
-            refuse("method", "qlora", f"QLoRA needs bitsandbytes 4-bit kernels: a CUDA GPU, or a bitsandbytes build "
-                                      f"with CPU support ({reason})", QLORA_FIX)
+        try:
+            check_qlora()
+        except PassError as exc:
+            refuse("method", "qlora", exc.message, exc.fix)
     if isinstance(args["lora_r"], bool) or not isinstance(args["lora_r"], int) or args["lora_r"] < 1:
         refuse("lora_r", args["lora_r"], "is not a positive integer", "e.g. 8, 16 or 64")
     if not args["lora_alpha"] or args["lora_alpha"] <= 0:
