@@ -4,6 +4,7 @@
 2. bench_parity cold run (empty cache) / the hand-written script's wall time
 3. warm re-run of bert_ptq (everything cached), wall seconds
 4. `olive-systems --help`, wall seconds
+5. three bert_ptq runs at once on one cold cache: steps computed / needed, wall / one run (concurrent_runs.py)
 """
 
 from __future__ import annotations
@@ -73,10 +74,12 @@ def help_time() -> None:
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        wanted = sys.argv[1:] or ["bert_ptq", "parity", "help"]
+        wanted = sys.argv[1:] or ["bert_ptq", "parity", "help", "concurrent"]
         if "bert_ptq" in wanted:
             bert_ptq(tmp / "cache", tmp / "bert_ptq")
         if "parity" in wanted:
             parity(tmp / "parity_cache", tmp / "parity")
         if "help" in wanted:
             help_time()
+        if "concurrent" in wanted:
+            subprocess.run([sys.executable, "benchmarks/concurrent_runs.py"], cwd=REPO, env=ENV, check=True)

@@ -26,6 +26,8 @@ _LAZY = {
     "convert_adapters": ("olive_systems.workflows", "convert_adapters"),
     "extract_adapters": ("olive_systems.workflows", "extract_adapters"),
     "finetune": ("olive_systems.workflows", "finetune"),
+    "tune_session_params": ("olive_systems.workflows", "tune_session_params"),
+    "generate_cost_model": ("olive_systems.workflows", "generate_cost_model"),
 }
 
 __all__ = list(_LAZY)

@@ -6,6 +6,7 @@ its user_script for either step.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -16,30 +17,51 @@ import numpy as np
 from .errors import RecipeError
 from .user_script import load_function
 
+HF_LOAD_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "data_name": {"type": "string", "description": "csv, json, parquet, a dataset folder, or a hub dataset "
+                                                       "(glue, org/name; offline from the datasets cache)"},
+        "data_files": {"type": ["string", "array"], "items": {"type": "string"}},
+        "subset": {"type": ["string", "null"], "description": "a hub dataset's configuration, e.g. mrpc of glue"},
+        "split": {"type": "string", "default": "train"},
+        "filter": {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]},
+                   "description": "keep the rows whose columns have these values, e.g. {split: test}"},
+    },
+    "required": ["data_name"],
+    "additionalProperties": False,
+}
+DUMMY_TYPES = ("int64", "int32", "float32", "float16", "bool")
+DUMMY_LOAD_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "input_shapes": {"type": "array", "minItems": 1,
+                         "items": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1}},
+        "input_names": {"type": "array", "items": {"type": "string"}, "minItems": 1,
+                        "description": "default: the model's input names, in order"},
+        "input_types": {"type": "array", "items": {"enum": list(DUMMY_TYPES)}, "minItems": 1,
+                        "description": "one per input (default int64)"},
+        "max_samples": {"type": "integer", "minimum": 1, "default": 32, "description": "how many feeds (batches)"},
+    },
+    "required": ["input_shapes"],
+    "additionalProperties": False,
+}
+
 DATA_CONFIG_SCHEMA = {
     "type": "object",
     "properties": {
         "name": {"type": "string"},
-        "type": {"enum": ["HuggingfaceContainer"], "default": "HuggingfaceContainer"},
+        "type": {"enum": ["HuggingfaceContainer", "DummyDataContainer"], "default": "HuggingfaceContainer",
+                 "description": "HuggingfaceContainer: a dataset through `datasets`; DummyDataContainer: inputs of "
+                                "given shapes and types (ones), no dataset (latency, calibration smoke runs)"},
         "user_script": {"type": "string"},
         "tokenizer": {"type": "string", "description": "tokenizer folder; default: the model's own folder"},
-        "load_dataset_config": {
-            "type": "object",
-            "properties": {
-                "data_name": {"type": "string", "description": "csv, json, parquet, or a dataset folder"},
-                "data_files": {"type": ["string", "array"], "items": {"type": "string"}},
-                "subset": {"type": ["string", "null"]},
-                "split": {"type": "string", "default": "train"},
-                "filter": {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]},
-                           "description": "keep the rows whose columns have these values, e.g. {split: test}"},
-            },
-            "required": ["data_name"],
-            "additionalProperties": False,
-        },
+        "load_dataset_config": {"type": "object"},  # its shape depends on the container type: see allOf
         "pre_process_data_config": {
             "type": "object",
             "properties": {
-                "type": {"type": "string", "description": "tokenize, text_generation, or a function in user_script"},
+                "type": {"type": "string", "description": "tokenize, text_generation, or a function in "
+                                                         "user_script (see the README: the data function contract)"},
                 "input_cols": {"type": "array", "items": {"type": "string"}, "minItems": 1},
                 "label_col": {"type": ["string", "null"]},
                 "max_length": {"type": "integer", "minimum": 1},
@@ -74,7 +96,9 @@ DATA_CONFIG_SCHEMA = {
         },
         "post_process_data_config": {
             "type": "object",
-            "properties": {"type": {"type": "string", "description": "mean_pooling, cls_pooling, argmax, pair_cosine, identity, or a function"}},
+            "properties": {"type": {"type": "string", "description": "mean_pooling, cls_pooling, argmax, pair_cosine, "
+                                    "identity, or a function; default: argmax for text-/token-classification models, "
+                                    "identity otherwise"}},
             "required": ["type"],
         },
         "dataloader_config": {
@@ -83,8 +107,13 @@ DATA_CONFIG_SCHEMA = {
             "additionalProperties": False,
         },
     },
-    "required": ["name", "load_dataset_config", "pre_process_data_config"],
+    "required": ["name", "load_dataset_config"],
     "additionalProperties": False,
+    "allOf": [
+        {"if": {"properties": {"type": {"const": "DummyDataContainer"}}, "required": ["type"]},
+         "then": {"properties": {"load_dataset_config": DUMMY_LOAD_SCHEMA}},
+         "else": {"properties": {"load_dataset_config": HF_LOAD_SCHEMA}}},
+    ],
 }
 
 
@@ -107,7 +136,43 @@ def fingerprint(data_config: dict) -> str:
     script = data_config.get("user_script")
     if script and Path(script).is_file():
         digest.update(Path(script).read_bytes())
+    revision = _hub_dataset_revision(data_config)
+    if revision:  # a hub dataset's cached commit: a new one is new data
+        digest.update(revision.encode())
     return digest.hexdigest()
+
+
+def _hub_dataset_revision(data_config: dict) -> str | None:
+    """The commit (the builder's hash) a hub dataset loads from; None for files, folders and a dataset
+    that cannot be found (loading it reports that)."""
+    load = data_config.get("load_dataset_config") or {}
+    name = load.get("data_name")
+    if data_config.get("type") == "DummyDataContainer" or not name or Path(name).exists() or \
+            name in ("csv", "json", "parquet", "text", "arrow"):  # files: hashed above, no datasets import
+        return None
+    import datasets
+    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+
+    if name in _PACKAGED_DATASETS_MODULES:
+        return None
+    try:
+        with _quiet_datasets():
+            return str(datasets.load_dataset_builder(name, load.get("subset")).hash)
+    except Exception:  # not cached / not reachable: load_batches says so in one line
+        return None
+
+
+@contextlib.contextmanager
+def _quiet_datasets():
+    """datasets' warnings off meanwhile: not "using the latest cached version ... (offline mode)" on every load."""
+    import datasets
+
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(verbosity)
 
 
 def _data_files(data_config: dict) -> list[str]:
@@ -115,18 +180,42 @@ def _data_files(data_config: dict) -> list[str]:
     return [files] if isinstance(files, str) else list(files)
 
 
+# What a model of each task is scored on without a post_process_data_config: a classifier's class
+# (so accuracy needs no argmax line); every other task's raw output.
+TASK_POST_PROCESSING = {"text-classification": "argmax", "token-classification": "argmax"}
+
+
+def with_task_defaults(data_config: dict, task: str | None) -> dict:
+    """The data config with its defaults written in (so the normalized recipe shows them): tokenize
+    as pre-processing, and the task's post-processing."""
+    config = dict(data_config)
+    if config.get("type") == "DummyDataContainer":
+        return config
+    config["pre_process_data_config"] = {"type": "tokenize", **(config.get("pre_process_data_config") or {})}
+    default_post = TASK_POST_PROCESSING.get(task or "")
+    if default_post and "post_process_data_config" not in config and config["pre_process_data_config"]["type"] == "tokenize":
+        config["post_process_data_config"] = {"type": default_post}
+    return config
+
+
 def load_batches(data_config: dict, model_folder: Path) -> Batches:
+    if data_config.get("type") == "DummyDataContainer":
+        return dummy_batches(data_config, Path(model_folder))
     import datasets
 
     datasets.disable_progress_bars()
     load = data_config["load_dataset_config"]
     name = data_config["name"]
     try:
-        dataset = datasets.load_dataset(load["data_name"], load.get("subset"), data_files=load.get("data_files"),
-                                        split=load.get("split", "train"))
+        with _quiet_datasets():
+            dataset = datasets.load_dataset(load["data_name"], load.get("subset"), data_files=load.get("data_files"),
+                                            split=load.get("split", "train"))
     except Exception as exc:
-        raise RecipeError(f"data config '{name}': cannot load dataset: {str(exc).splitlines()[0]}",
-                          "check load_dataset_config (data_name, data_files, split)") from exc
+        from .hub import dataset_load_error
+
+        raise (dataset_load_error(name, load["data_name"], load.get("subset"), exc) or
+               RecipeError(f"data config '{name}': cannot load dataset: {str(exc).splitlines()[0]}",
+                           "check load_dataset_config (data_name, subset, data_files, split)")) from None
     wanted = load.get("filter") or {}
     missing = [column for column in wanted if column not in dataset.column_names]
     if missing:
@@ -134,22 +223,87 @@ def load_batches(data_config: dict, model_folder: Path) -> Batches:
                           f"(its columns: {dataset.column_names})", "filter on columns the dataset has")
     if wanted:
         dataset = dataset.filter(lambda row: all(row[column] == value for column, value in wanted.items()))
-    pre = dict(data_config["pre_process_data_config"])
+    pre = {"type": "tokenize", **(data_config.get("pre_process_data_config") or {})}
     if pre.get("max_samples") and pre["type"] != "text_generation":  # it counts prompts or windows itself
         dataset = dataset.select(range(min(pre["max_samples"], len(dataset))))
     batch_size = data_config.get("dataloader_config", {}).get("batch_size", 1)
-    kind = pre.pop("type")
+    kind = pre.pop("type", "tokenize")
     if kind == "tokenize":
         from transformers import AutoTokenizer
 
+        if not pre.get("input_cols"):
+            raise RecipeError(f"data config '{name}': pre_process_data_config.input_cols is not set: tokenize needs the "
+                              f"text columns", f"set input_cols to some of the dataset's columns {dataset.column_names}")
         tokenizer = AutoTokenizer.from_pretrained(data_config.get("tokenizer") or model_folder)
         batches = _tokenize(dataset, tokenizer, batch_size, name, **pre)
     elif kind == "text_generation":
         batches = _text_generation(dataset, data_config, Path(model_folder), **pre)
     else:
-        func = load_function(data_config.get("user_script"), kind, f"data_configs.{name}.pre_process_data_config")
-        batches = func(dataset, model_folder=model_folder, batch_size=batch_size, **pre)
+        batches = _user_pre_process(data_config, kind, dataset, Path(model_folder), batch_size, pre)
     return batches
+
+
+def _user_pre_process(data_config: dict, kind: str, dataset, model_folder: Path, batch_size: int, options: dict) -> Batches:
+    """A pre-process function of the user_script. The contract (README "Data functions"):
+
+        def my_pre_process(dataset, *, model_folder, batch_size, tokenizer, **options) -> Batches
+
+    dataset: the loaded `datasets.Dataset` (split, filter and max_samples applied); model_folder:
+    the model's folder (a Path); batch_size: dataloader_config.batch_size; tokenizer: the data
+    config's tokenizer (else the model's own), loaded only when the function takes it; options:
+    the other keys of pre_process_data_config. It returns Batches(inputs=[{input name: numpy
+    array}, one dict per batch], targets=numpy array of labels or None), or a tuple (inputs,
+    targets)."""
+    import inspect
+
+    name = data_config["name"]
+    func = load_function(data_config.get("user_script"), kind, f"data_configs.{name}.pre_process_data_config")
+    parameters = inspect.signature(func).parameters
+    kwargs = dict(options, model_folder=model_folder, batch_size=batch_size)
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    if "tokenizer" in parameters or takes_any:
+        from transformers import AutoTokenizer
+
+        kwargs["tokenizer"] = AutoTokenizer.from_pretrained(data_config.get("tokenizer") or model_folder)
+    result = func(dataset, **kwargs)
+    if isinstance(result, tuple) and len(result) == 2:
+        result = Batches(inputs=list(result[0]), targets=None if result[1] is None else np.asarray(result[1]))
+    if not isinstance(result, Batches) or not all(isinstance(feed, dict) for feed in result.inputs):
+        raise RecipeError(f"data config '{name}': pre-process function '{kind}' returned {type(result).__name__}",
+                          "return olive_systems.data.Batches(inputs=[{name: array}, ...], targets=labels or None), "
+                          "or a tuple (inputs, targets)")
+    result.inputs = [{key: np.asarray(value) for key, value in feed.items()} for feed in result.inputs]
+    return result
+
+
+_DUMMY_NUMPY = {"int64": np.int64, "int32": np.int32, "float32": np.float32, "float16": np.float16, "bool": np.bool_}
+
+
+def dummy_batches(data_config: dict, model_folder: Path) -> Batches:
+    """DummyDataContainer: max_samples feeds of ones in the given shapes and types, no dataset."""
+    load, name = data_config["load_dataset_config"], data_config["name"]
+    shapes = load["input_shapes"]
+    names = load.get("input_names") or _model_input_names(model_folder)[:len(shapes)]
+    types = load.get("input_types") or ["int64"] * len(shapes)
+    if not (len(names) == len(shapes) == len(types)):
+        raise RecipeError(f"data config '{name}': load_dataset_config has {len(shapes)} input_shapes, {len(names)} "
+                          f"input_names ({names}) and {len(types)} input_types",
+                          "give one name and one type per shape (names default to the model's inputs, in order)")
+    feed = {n: np.ones(shape, dtype=_DUMMY_NUMPY[t]) for n, shape, t in zip(names, shapes, types)}
+    return Batches(inputs=[dict(feed) for _ in range(load.get("max_samples", 32))], targets=None)
+
+
+def _model_input_names(model_folder: Path) -> list[str]:
+    """An ONNX model's declared inputs, else its tokenizer's input names."""
+    if (model_folder / "model.onnx").is_file():
+        import onnx
+
+        graph = onnx.load(str(model_folder / "model.onnx"), load_external_data=False).graph
+        initializers = {i.name for i in graph.initializer}
+        return [i.name for i in graph.input if i.name not in initializers]
+    from .models import model_input_names
+
+    return model_input_names(model_folder)
 
 
 def _tokenize(dataset, tokenizer, batch_size, name, input_cols, label_col=None, max_length=128,
@@ -339,8 +493,18 @@ POST_PROCESSORS = {
     "cls_pooling": lambda outputs, batches: pooled(outputs, batches, "cls"),
     "argmax": lambda outputs, batches: np.concatenate([o.argmax(axis=-1) for o in outputs]),
     "pair_cosine": _pair_cosine,
-    "identity": lambda outputs, batches: np.concatenate(outputs),
+    "identity": lambda outputs, batches: _identity(outputs),
 }
+
+
+def _identity(outputs: list[np.ndarray]) -> np.ndarray:
+    shapes = sorted({tuple(o.shape[1:]) for o in outputs})
+    if len(shapes) > 1:  # per-token outputs of batches padded to different lengths: no one array
+        raise RecipeError(f"the model's outputs differ in shape from batch to batch ({[list(s) for s in shapes[:3]]}), "
+                          "so they cannot be scored as they are",
+                          "set post_process_data_config.type (argmax for a classifier, mean_pooling or cls_pooling for "
+                          "embeddings), or padding: max_length in pre_process_data_config")
+    return np.concatenate(outputs)
 
 
 def post_process(data_config: dict, outputs: list[np.ndarray], batches: Batches) -> np.ndarray:

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import threading
 import time
+import traceback
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,15 +29,21 @@ from .cache import LocalCache, make_key
 from .concurrency import MachineLock, SingleFlight
 from .errors import OliveSystemsError, PassError, SystemUnavailable
 from .evaluation.metrics import TIMING_METRICS
-from .job import CONTRACT_VERSION, RESULT_SCHEMA, JobError, check, save_batches, write_json
+from .measure import progress_text
+from .job import CONTRACT_VERSION, RESULT_SCHEMA, RUN_STOPPING, JobError, check, save_batches, write_json
+from .job_output import LOG_FILE
 from .models import ModelRef, folder_sha256
 from .output import WorkflowOutput
 from .output_dir import check_output_dir, write_output_dir
 from .passes import get_pass_class
 from .passes.base import Accelerator
-from .ranking import goals_of, missed_goals, rank, sort_key
+from .ranking import goals_of, missed_goals, rank, rank_shapes, sort_key
 from .search import Search
 from .systems import make_system
+
+
+# Metrics that compare a candidate with the input model's outputs.
+REFERENCE_METRICS = ("fidelity", "greedy_agreement")
 
 
 @dataclass
@@ -82,7 +89,9 @@ class Engine:
         self.machine_use: list[dict] = []  # who held this machine when, shared or alone
         self.machine = MachineLock(self.cache.root / "jobs" / "machine.lock", self.engine["max_concurrency"],
                                    self._record_machine_use)
-        self.flights = SingleFlight()
+        # Each step computed once across this run's candidates and every run sharing the cache.
+        self.flights = SingleFlight(self.cache.root / "locks", on_wait=lambda key, pid: self.emit(
+            "log", "cache", message=f"waiting for run {pid or '?'} to finish step {key[:12]} (reused, not recomputed)"))
         self._slots = {name: threading.Semaphore(getattr(system, "max_parallel_jobs", 1 << 30))
                        for name, system in self.systems.items()}
 
@@ -122,7 +131,9 @@ class Engine:
             try:
                 baselines = self._evaluate_input(pool, input_model)
                 candidates, failures = self._search(pool, input_model, baselines)
-            except BaseException:
+            except BaseException as exc:
+                if not isinstance(exc, Exception):  # Ctrl-C, SIGTERM: the jobs ended now were interrupted, not killed
+                    RUN_STOPPING.set()
                 self._stop_systems()  # ends running jobs, so the pool drains at once
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
@@ -130,7 +141,9 @@ class Engine:
             self._guarded(f"fetching {candidate['model_id']}", lambda: self._materialize(candidate["model"]))
         input_metrics = baselines[0][0] if baselines else None
         ranked = rank(candidates, goals_of(self.metrics), input_metrics)
+        rank_shapes(ranked)  # with a workload: each candidate's rank at each shape alone
         output_dir = Path(self.engine["output_dir"]).resolve()
+        failures = getattr(self, "_input_failures", []) + failures
         summary = {"input_model_metrics": input_metrics, "failures": failures, "steps": self.steps, "jobs": self.jobs,
                    "machine_use": sorted(self.machine_use, key=lambda use: use["start_s"])}
         if self.several:
@@ -142,11 +155,25 @@ class Engine:
 
     def _evaluate_input(self, pool: ThreadPoolExecutor, input_model: ModelRef) -> list[tuple]:
         """(metrics, reference) of the input model per target: what goals and fidelity compare against."""
+        self._input_failures: list[dict] = []
         if not (self.metrics and self.engine["evaluate_input_model"]):
             return [(None, None)] * len(self.targets)
-        futures = [pool.submit(self._evaluate, target.label("input model", self.several), input_model, target, None)
-                   for target in self.targets]
-        return [future.result()[:2] for future in futures]
+        labels = [target.label("input model", self.several) for target in self.targets]
+        futures = [pool.submit(self._evaluate, label, input_model, target, None) for label, target in zip(labels, self.targets)]
+        baselines = []
+        for label, target, future in zip(labels, self.targets, futures):
+            try:
+                baselines.append(future.result()[:2])
+            except SystemUnavailable:
+                raise
+            except OliveSystemsError as exc:  # recorded; the candidates are still made and evaluated, without it
+                self._input_failures.append(self._failure(label, "evaluation", exc, target.accelerator, {}))
+                baselines.append((None, None))
+                left_out = [m["name"] for m in self.metrics if m["type"] in REFERENCE_METRICS]
+                if left_out:
+                    self.emit("warning", f"{label}: no outputs to compare with, so the candidates are scored without "
+                                         f"{', '.join(left_out)}")
+        return baselines
 
     def _search(self, pool: ThreadPoolExecutor, input_model: ModelRef, baselines: list[tuple]):
         """Ask every search for trials while there is room, run them on the pool, tell the results back."""
@@ -206,21 +233,37 @@ class Engine:
         name = "-".join(flow) + (f"_{trial.number}" if search.searched else "")
         model_id = target.label(name, self.several)
         accelerator = target.accelerator
+        step = "pass"
         try:
             model, history = self._run_flow(flow, input_model, target, trial.point)
-            metrics, _, runtime = self._evaluate(model_id, model, target, baseline[1]) if self.metrics else ({}, None, None)
+            step = "evaluation"
+            # Without the input model's outputs there is nothing to compare a candidate against.
+            without = REFERENCE_METRICS if any(f["model_id"] == target.label("input model", self.several)
+                                               for f in getattr(self, "_input_failures", [])) else ()
+            metrics, _, runtime = self._evaluate(model_id, model, target, baseline[1], without) if self.metrics \
+                else ({}, None, None)
         except SystemUnavailable:
             raise
         except OliveSystemsError as exc:
-            self.emit("failed", model_id, error=str(exc))
-            return {"model_id": model_id, "error": exc.message, "fix": exc.fix, "log_tail": getattr(exc, "log_tail", []),
-                    "device": accelerator.device, "execution_provider": accelerator.execution_provider,
-                    "search_point": _point_text(trial.values)}
+            step = getattr(exc, "failed_step", step) if step == "pass" else step
+            return self._failure(model_id, step, exc, accelerator, _point_text(trial.values))
         missed = missed_goals(metrics, goals_of(self.metrics), baseline[0])
         return {"model_id": model_id, "model": model, "history": history, "metrics": metrics, "baseline": baseline[0],
                 "missed_goals": missed, "meets_goals": not missed, "device": accelerator.device,
                 "execution_provider": accelerator.execution_provider, "system": target.system, "runtime": runtime,
                 "search_point": _point_text(trial.values)}
+
+    def _failure(self, model_id: str, step: str, exc: OliveSystemsError, accelerator: Accelerator, point: dict) -> dict:
+        """A failure record, labelled by the step that failed (a pass, by name, or the evaluation), with
+        the job's log tail and, for an error raised here, the traceback (shown with --verbose)."""
+        cause = exc.__cause__  # a library error turned into a PassError here (_guarded)
+        trace = traceback.format_exception(cause)[-40:] if cause is not None else []
+        labelled = exc.message if exc.message.startswith((step, "evaluation of")) else f"{step} failed: {exc.message}"
+        self.emit("failed", model_id, error=labelled + (f" (fix: {exc.fix})" if exc.fix else ""))
+        return {"model_id": model_id, "step": step, "error": labelled, "fix": exc.fix,
+                "log_tail": getattr(exc, "log_tail", []), "log_file": getattr(exc, "log_file", None),
+                "traceback": [line for text in trace for line in text.rstrip().splitlines()],
+                "device": accelerator.device, "execution_provider": accelerator.execution_provider, "search_point": point}
 
     def _stop_systems(self) -> None:
         while self._started_systems:
@@ -244,6 +287,10 @@ class Engine:
 
     def _input_model(self) -> ModelRef:
         spec = self.recipe["input_model"]
+        if spec["type"] == "PyTorchModel":  # a script's torch module: its files go into one cache folder
+            from .pytorch_model import input_model
+
+            return self._guarded("reading the PyTorch model", lambda: input_model(spec, self.cache.root))
         source = spec["model_path"] if spec["model_path"].startswith("azureml:") else None
         if source:  # an AzureML asset: downloaded once into the cache, reused offline after
             from .azureml_assets import fetch_remote_model, job_input_reference, workspace_for
@@ -261,7 +308,9 @@ class Engine:
             known_hash = path.name
         folder = path if path.is_dir() else path.parent
         # The model script and io config shape the export, so they are part of the model's identity.
-        extra = json.dumps({k: spec.get(k) for k in ("io_config", "dummy_inputs_func", "task", "gguf_file")}, sort_keys=True).encode()
+        extra = json.dumps({k: spec.get(k) for k in ("io_config", "dummy_inputs_func", "task", "gguf_file", "model_class",
+                                                     "components")
+                            if k not in ("model_class", "components") or spec.get(k)}, sort_keys=True).encode()
         if spec.get("model_script"):
             extra += Path(spec["model_script"]).read_bytes()
         model = ModelRef(
@@ -269,6 +318,7 @@ class Engine:
             io_config=spec.get("io_config"), dummy_inputs_func=spec.get("dummy_inputs_func"),
             inference_settings=spec.get("inference_settings"),
             source_reference=job_input_reference(folder) if source else None,
+            attributes={k: spec[k] for k in ("model_class", "components") if spec.get(k)},  # components: composite.py
         )
         if spec["type"] == "OnnxModel" and path.is_file() and path.name != "model.onnx":
             raise OliveSystemsError(f"input_model.model_path: ONNX model files must be named model.onnx ({path.name})",
@@ -283,10 +333,14 @@ class Engine:
             entry = self.recipe["passes"][pass_name]
             if pass_name in point:
                 entry = dict(entry, config={**(entry.get("config") or {}), **point[pass_name]})
-            model, step = self._run_pass(pass_name, entry, model, target)
+            try:
+                model, step = self._run_pass(pass_name, entry, model, target)
+            except OliveSystemsError as exc:
+                exc.failed_step = f"pass '{pass_name}'"
+                raise
             model_id = f"{index}_{entry['type']}-{step['key'][:8]}"
             history.append({"model_id": model_id, "parent_model_id": parent_id, "pass": pass_name, "type": entry["type"],
-                            **step})
+                            **step, "searched": sorted(point.get(pass_name, {}))})
             parent_id = model_id
         return model, history
 
@@ -314,8 +368,8 @@ class Engine:
             if key in self._failed:
                 raise self._failed[key]
             if key in self._memo:
-                result, cached = self._memo[key]
-                return result, {"config": config, "key": key, "cached": cached, "seconds": 0.0}
+                result, _ = self._memo[key]  # another trial of this run made it: reused, not computed again
+                return result, {"config": config, "key": key, "cached": True, "source": "this run", "seconds": 0.0}
             try:
                 self._materialize(model)  # before holding the machine: a download may need to recompute
                 with self._step_on(system_name, pass_name, pass_cls.measures_timing):
@@ -341,7 +395,7 @@ class Engine:
 
         def compute():
             self.emit("start", pass_name, step="pass")
-            return self._guarded(f"pass '{pass_name}'", lambda: self.cache.put("runs", key, build))
+            return self._guarded(f"pass '{pass_name}'", lambda: self.cache.put("runs", key, build), ends=pass_name)
 
         hit = self.cache.get("runs", key)
         cached = hit is not None
@@ -357,7 +411,7 @@ class Engine:
         self.steps.append({"step": "pass", "name": pass_name, "key": key, "cached": cached, "source": hit.source,
                            "seconds": seconds})
         self.emit("cached" if cached else "done", pass_name, step="pass", seconds=seconds, source=hit.source)
-        return result, {"config": config, "key": key, "cached": cached, "seconds": seconds}
+        return result, {"config": config, "key": key, "cached": cached, "source": hit.source, "seconds": seconds}
 
     # ---- jobs ----
 
@@ -416,15 +470,29 @@ class Engine:
             document["intra_op_threads"] = max(1, (os.cpu_count() or 1) // side_by_side)
         write_json(job_dir / "job.json", document)
         began = time.perf_counter()
-        result = system.run_job(job_dir / "job.json", timeout, lambda line: self.emit("log", label, message=line))
+        result = system.run_job(job_dir / "job.json", timeout, lambda line: self._job_line(label, line))
         self.jobs.append({"label": label, "kind": job["kind"], "system": system_name, "measures": measures,
                           "start_s": round(began - self._started, 4), "end_s": round(time.perf_counter() - self._started, 4)})
         check(result, RESULT_SCHEMA, "result")
         if result["status"] != "succeeded":
+            log_file = job_dir / LOG_FILE  # kept beside the job folders, and copied into the failure report
+            kept = self._jobs_root() / "failed" / f"{job_dir.name}.log"
+            if log_file.is_file():
+                kept.parent.mkdir(exist_ok=True)
+                os.replace(log_file, kept)
             shutil.rmtree(job_dir, ignore_errors=True)
             error = result["error"] or {"message": "job failed", "fix": None}
-            raise JobError(f"{error['message']} [on {system_name}]", error.get("fix"), result["log_tail"])
+            raise JobError(f"{error['message']} [on {system_name}]", error.get("fix"), result["log_tail"],
+                           str(kept) if kept.is_file() else None)
         return result, job_dir
+
+    def _job_line(self, label: str, line: str) -> None:
+        """A job's log line; a timing loop's progress line (olive_systems.measure) is a progress event."""
+        text = progress_text(line)
+        if text is None:
+            self.emit("log", label, message=line)
+        else:
+            self.emit("progress", label, message=text)
 
     @staticmethod
     def _portable(config: dict, job_dir: Path) -> dict:
@@ -440,14 +508,18 @@ class Engine:
                 holder["user_script"] = str(target)
         return config
 
-    @staticmethod
-    def _guarded(what: str, work: Callable):
-        """Turn an unexpected library error into a PassError so the run records it and goes on."""
+    def _guarded(self, what: str, work: Callable, ends: str | None = None):
+        """Turn an unexpected library error into a PassError so the run records it and goes on.
+        ends: the started step this work is, told as ended when it fails (the console stops showing it)."""
         try:
             return work()
         except OliveSystemsError:
+            if ends:
+                self.emit("ended", ends)
             raise
         except Exception as exc:
+            if ends:
+                self.emit("ended", ends)
             detail = str(exc).splitlines()[0] if str(exc) else ""
             raise PassError(f"{what} failed: {type(exc).__name__}: {detail}", "run with --verbose for the traceback") from exc
 
@@ -480,16 +552,17 @@ class Engine:
             return self._data_cache[key]
 
     def _evaluation_system(self, model: ModelRef, target: Target) -> str:
-        if model.type == "HfModel" and not self.systems[target.system].can_run_torch:
+        if model.type in ("HfModel", "PyTorchModel") and not self.systems[target.system].can_run_torch:
             return self.engine["host"]  # torch models are evaluated where torch is
         return target.system
 
-    def _evaluate(self, label: str, model: ModelRef, target: Target, reference: dict | None):
+    def _evaluate(self, label: str, model: ModelRef, target: Target, reference: dict | None, without: tuple = ()):
         """Returns (metrics, reference artifacts, runtime). Quality metrics and timing metrics are two
-        jobs: the first may share the machine, the second must not (it would measure its neighbours)."""
+        jobs: the first may share the machine, the second must not (it would measure its neighbours).
+        without: metric types left out (those that need the input model's outputs, when it failed)."""
         metrics, artifacts, runtime = {}, {}, None
         timing = [m for m in self.metrics if m["type"] in TIMING_METRICS]
-        quality = [m for m in self.metrics if m["type"] not in TIMING_METRICS]
+        quality = [m for m in self.metrics if m["type"] not in TIMING_METRICS and m["type"] not in without]
         for group, is_timing in ((quality, False), (timing, True)):
             if group:
                 values, stored, runtime = self._evaluate_group(label, model, target, group, None if is_timing else reference,
@@ -517,7 +590,7 @@ class Engine:
         })
         step = "timing" if timing else "evaluation"
         self._materialize(model)
-        with self._step_on(system_name, label, timing):
+        with self.flights.lock(key), self._step_on(system_name, label, timing):  # key lock first, always
             started = time.perf_counter()
             hit = self.cache.get("evaluations", key)
             if hit is not None and hit.pending and not self.cache.materialize(hit):
@@ -534,7 +607,7 @@ class Engine:
                     return {"metrics": result["metrics"], "model": label, "system": system_name,
                             "runtime": result.get("runtime")}
 
-                hit = self._guarded(f"evaluation of {label}", lambda: self.cache.put("evaluations", key, build))
+                hit = self._guarded(f"evaluation of {label}", lambda: self.cache.put("evaluations", key, build), ends=label)
             with np.load(hit.path / "artifacts.npz") as stored:
                 artifacts = {name: stored[name] for name in stored.files}
             artifacts["__key__"] = key

@@ -16,6 +16,21 @@ class OliveSystemsError(Exception):
 class RecipeError(OliveSystemsError):
     """The recipe is malformed or refers to something that does not exist."""
 
+    @classmethod
+    def all_of(cls, errors: list["RecipeError"]) -> "RecipeError":
+        """One error that carries every problem found, so the user fixes them all in one go."""
+        if len(errors) == 1:
+            return errors[0]
+        error = cls("\n".join(f"{e.message} (fix: {e.fix})" if e.fix else e.message for e in errors),
+                    f"{len(errors)} problems: each line names its own fix")
+        error.problems = list(errors)
+        return error
+
+    @property
+    def each(self) -> list["OliveSystemsError"]:
+        """The separate problems (one for a plain error)."""
+        return getattr(self, "problems", None) or [self]
+
 
 class PassError(OliveSystemsError):
     """A pass failed on a model; the engine records it and carries on with the other flows."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ _MODEL = {
     "type": "object",
     "description": "a model folder reference (olive_systems.models.ModelRef)",
     "properties": {
-        "type": {"enum": ["HfModel", "OnnxModel"]},
+        "type": {"enum": ["HfModel", "OnnxModel", "PyTorchModel"]},
         "path": {"type": "string"},
         "hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
     },
@@ -112,9 +113,11 @@ RESULT_SCHEMA = {
 class JobError(OliveSystemsError):
     """A job could not run or did not finish: the system, the cause and the last log lines."""
 
-    def __init__(self, message: str, fix: str | None = None, log_tail: list[str] | None = None):
+    def __init__(self, message: str, fix: str | None = None, log_tail: list[str] | None = None,
+                 log_file: str | None = None):
         super().__init__(message, fix)
         self.log_tail = log_tail or []
+        self.log_file = log_file  # the job's whole log (job.log), kept when it failed
 
 
 def check(document: dict, schema: dict, what: str) -> None:
@@ -163,6 +166,12 @@ def failed_result(job_id: str, message: str, fix: str | None, log_tail: list[str
             "error": {"type": "JobError", "message": message, "fix": fix}}
 
 
+# Set when the run is being stopped (Ctrl-C, SIGTERM): a job that ends without a result then was
+# interrupted, whatever its exit code says (a stopped container's job reads as killed, 137).
+RUN_STOPPING = threading.Event()
+INTERRUPT_EXIT_CODES = (-2, -15, 130, 143)  # SIGINT, SIGTERM: as a signal, or as a shell reports it
+
+
 def read_result(job_path: Path, log_tail: list[str], seconds: float, exit_code: int | None, timeout_s: float,
                 memory_limit: str | None = None) -> dict:
     """The runner's result.json, or a result that says why there is none."""
@@ -170,6 +179,9 @@ def read_result(job_path: Path, log_tail: list[str], seconds: float, exit_code: 
     if result_path.is_file():
         return json.loads(result_path.read_text())
     job_id = job_path.parent.name
+    if RUN_STOPPING.is_set() or exit_code in INTERRUPT_EXIT_CODES:
+        return failed_result(job_id, f"job interrupted (exit code {exit_code}): the run was stopped",
+                             "run again: finished steps come from the cache", log_tail, seconds)
     if exit_code == 124:
         return failed_result(job_id, f"job past its timeout of {timeout_s:g} s was killed", "raise timeout_s of the system",
                              log_tail, seconds)

@@ -285,7 +285,13 @@ def load_hf_model(ref: ModelRef, **kwargs):
     if task not in HF_TASKS:  # never fall back to a model without its head
         raise RecipeError(f"input_model.task '{ref.task}' is not a task olive-systems knows",
                           f"use one of {sorted(HF_TASKS)}")
-    model = getattr(transformers, HF_TASKS[task][0]).from_pretrained(ref.path, **(kwargs or {}))
+    class_name = (ref.attributes or {}).get("model_class") or HF_TASKS[task][0]
+    model_class = getattr(transformers, class_name, None)
+    if model_class is None:  # input_model.model_class names a class this transformers does not have
+        raise RecipeError(f"input_model.model_class '{class_name}' is not a class of transformers {transformers.__version__}",
+                          "give a transformers model class (e.g. BertForSequenceClassification), or drop model_class "
+                          "to load the task's Auto class")
+    model = model_class.from_pretrained(ref.path, **(kwargs or {}))
     adapter = (ref.attributes or {}).get("adapter_path")
     if adapter:  # a LoRA pass's output: the base with its peft adapter, kept unmerged (exports keep LoRA apart)
         from peft import PeftModel

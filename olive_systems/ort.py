@@ -47,6 +47,9 @@ def session_options(settings: dict):
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     for key, value in (values.get("extra_session_config") or {}).items():
         options.add_session_config_entry(key, str(value))
+    if values.get("enable_profiling"):  # session tuning's profile of its fastest setting
+        options.enable_profiling = True
+        options.profile_file_prefix = str(values.get("profile_file_prefix") or "ort_profile")
     options.log_severity_level = 3
     return options
 

@@ -157,7 +157,8 @@ class WorkflowOutput:
             raise KeyError(f"no output model '{model_id}'")
         history = {}
         for step in reversed(model.run_history):
-            history[step["model_id"]] = {k: step[k] for k in ("parent_model_id", "pass", "type", "config", "seconds", "cached")}
+            history[step["model_id"]] = {k: step.get(k) for k in ("parent_model_id", "pass", "type", "config", "seconds", "cached",
+                                                                  "source", "searched")}
         history[model.run_history[0]["parent_model_id"] if model.run_history else model_id] = None
         return history
 

@@ -2,42 +2,94 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 from rich.console import Console
 from rich.table import Table
 
 MARKS = {"done": "[green]✓[/]", "cached": "[cyan]↺[/]", "failed": "[red]✗[/]", "warning": "[yellow]![/]"}
+SOURCES = {"shared": "from the shared cache", "this run": "reused in this run"}
+HEARTBEAT_S = 30.0  # without a terminal, a step running longer than this says so every HEARTBEAT_S
+
+
+class _Running:
+    """The steps in flight with their elapsed time and any progress they report: the live status line."""
+
+    def __init__(self):
+        self.steps: dict[str, dict] = {}
+        self.lock = threading.Lock()
+
+    def start(self, step: str, name: str) -> None:
+        with self.lock:
+            self.steps[name] = {"step": step, "started": time.monotonic(), "progress": ""}
+
+    def progress(self, name: str, text: str) -> None:
+        with self.lock:
+            if name in self.steps:
+                self.steps[name]["progress"] = text
+
+    def end(self, name: str) -> None:
+        with self.lock:
+            self.steps.pop(name, None)
+
+    def lines(self) -> list[str]:
+        now = time.monotonic()
+        with self.lock:
+            return [f"{s['step']}: {name} {now - s['started']:.0f}s" + (f" ({s['progress']})" if s["progress"] else "")
+                    for name, s in self.steps.items()]
+
+    def __rich__(self) -> str:
+        return "  ·  ".join(self.lines()) or "working"
 
 
 class Progress:
     def __init__(self, verbose: bool = False):
-        self.console = Console(stderr=True)
+        # soft_wrap: a metric line piped to a file or CI log stays one line instead of wrapping at 80 columns.
+        self.console = Console(stderr=True, soft_wrap=True)
         self.verbose = verbose
+        self.running = _Running()
         self.status = None
+        self._stop = threading.Event()
 
     def __enter__(self):
-        self.status = self.console.status("reading the recipe")
+        self.status = self.console.status(self.running)
         self.status.start()
+        if not self.console.is_terminal:  # no live line without a terminal: a heartbeat instead
+            threading.Thread(target=self._heartbeat, daemon=True).start()
         return self
 
     def __exit__(self, *exc):
+        self._stop.set()
         self.status.stop()
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            for line in self.running.lines():
+                self.console.print(f"… {line}", highlight=False)
 
     def on_event(self, event: dict) -> None:
         kind, name = event["kind"], event["name"]
         if kind == "start":
-            self.status.update(f"{event['step']}: {name}")
+            self.running.start(event["step"], name)
+        elif kind == "progress":  # a long step (timing, tuning) reporting how far it is
+            self.running.progress(name, event["message"])
         elif kind in ("done", "cached"):
-            seconds = f"{event['seconds']:.1f}s" if kind == "done" else (
-                "from the shared cache" if event.get("source") == "shared" else "from cache")
+            self.running.end(name)
+            seconds = f"{event['seconds']:.1f}s" if kind == "done" else SOURCES.get(event.get("source"), "from cache")
             metrics = event.get("metrics")
             shown = "  " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()) if metrics else ""
             self.console.print(f"{MARKS[kind]} {event['step']:<10} {name}  [dim]{seconds}[/]{shown}")
+        elif kind == "ended":  # a started step that failed: its failure is told with its candidate
+            self.running.end(name)
         elif kind == "failed":
             self.console.print(f"{MARKS['failed']} {name}: {event['error']}")
         elif kind == "warning":
             self.console.print(f"{MARKS['warning']} {name}")
         elif kind == "log" and (self.verbose or "warning" in event["message"] or "fused" in event["message"]):
-            self.console.print(f"  [dim]{name}: {event['message']}[/]")
+            message = event["message"]
+            message = message[len(name) + 2:] if message.startswith(f"{name}: ") else message  # the job already named it
+            self.console.print(f"  [dim]{name}: {message}[/]")
 
 
 def print_summary(output) -> None:

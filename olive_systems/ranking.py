@@ -65,3 +65,25 @@ def rank(candidates: list[dict], goals: dict, baseline: dict | None) -> list[dic
         candidate["rank"] = position
         candidate["pareto"] = id(candidate) in front
     return ordered
+
+
+def rank_shapes(candidates: list[dict]) -> None:
+    """With a workload, each shape of a timing figure (metrics[key]["by_shape"][shape]) gets the
+    candidate's rank at that shape alone: those that meet every goal first, then by that shape's
+    figure. It says which model to serve if only that shape were served."""
+    keys = {key for c in candidates for key, entry in c["metrics"].items() if "by_shape" in entry}
+    for key in sorted(keys):
+        having = [c for c in candidates if "by_shape" in c["metrics"].get(key, {})]
+        for candidate in having:  # a copy: an evaluation's metrics may be shared by candidates
+            entry = candidate["metrics"][key]
+            candidate["metrics"][key] = {**entry, "by_shape": {name: dict(v) for name, v in entry["by_shape"].items()}}
+        for shape in sorted({s for c in having for s in c["metrics"][key]["by_shape"]}):
+            scored = [c for c in having if shape in c["metrics"][key]["by_shape"]]
+
+            def order(candidate, shape=shape):
+                entry = candidate["metrics"][key]
+                value = entry["by_shape"][shape]["value"]
+                return bool(candidate["missed_goals"]), -value if entry["higher_is_better"] else value
+
+            for position, candidate in enumerate(sorted(scored, key=order), start=1):
+                candidate["metrics"][key]["by_shape"][shape]["rank"] = position

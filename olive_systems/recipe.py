@@ -11,12 +11,14 @@ import difflib
 import json
 from pathlib import Path
 
-from .data import DATA_CONFIG_SCHEMA
+from .data import DATA_CONFIG_SCHEMA, with_task_defaults
+from .composite import COMPONENTS_SCHEMA, check_components, check_recipe as check_composite
 from .errors import RecipeError
 from .evaluation.metrics import METRIC_SCHEMA
 from .packaging import PACKAGING_SCHEMA
 from .resources import RESOURCE_SCHEMA, resolve_resource
 from .search import STRATEGY_SCHEMA, dimensions, searchable
+from .workload import WORKLOAD_SCHEMA, apply_workload
 
 DEVICES = ["cpu", "gpu", "npu"]
 DEFAULT_SYSTEM = {"type": "LocalSystem", "accelerators": [{"device": "cpu", "execution_providers": ["CPUExecutionProvider"]}]}
@@ -43,6 +45,19 @@ AZUREML_SYSTEM_PROPERTIES = {
     "keyvault_name": {"type": "string", "description": "AzureMLSystem: key vault holding the hf-token secret (its name only)"},
     "experiment_name": {"type": "string", "default": "olive-systems", "description": "AzureMLSystem: experiment of the jobs"},
     "poll_s": {"type": "number", "minimum": 0, "default": 10, "description": "AzureMLSystem: seconds between job status polls"},
+}
+# How a DockerSystem's container confines its jobs (defaults: DEFAULTS in systems/docker.py).
+DOCKER_SYSTEM_PROPERTIES = {
+    "user": {"type": "string", "pattern": "^[0-9]+(:[0-9]+)?$",
+             "description": "DockerSystem: uid:gid the jobs run as; default yours, or 65532:65532 when you are root (never 0)"},
+    "cpus": {"type": "number", "exclusiveMinimum": 0, "description": "DockerSystem: CPU limit in cores, e.g. 4; default all"},
+    "pids_limit": {"type": "integer", "minimum": 16, "default": 4096, "description": "DockerSystem: most processes and threads"},
+    "read_only": {"type": "boolean", "default": True, "description": "DockerSystem: read-only root file system"},
+    "tmpfs_size": {"type": "string", "pattern": "^[0-9]+[kmgKMG]?$", "default": "2g",
+                   "description": "DockerSystem: size of the tmpfs at /tmp (HOME), the jobs' scratch space"},
+    "cap_add": {"type": "array", "items": {"type": "string"}, "default": [],
+                "description": "DockerSystem: capabilities given back (all are dropped), e.g. [SYS_NICE]"},
+    "no_new_privileges": {"type": "boolean", "default": True, "description": "DockerSystem: no-new-privileges"},
 }
 
 
@@ -73,22 +88,34 @@ def recipe_schema() -> dict:
             "$schema": {"type": "string"},
             "extends": {"type": "string", "description": "start from this recipe; mappings merge, the rest replaces"},
             "description": {"type": "string"},
+            "workload": WORKLOAD_SCHEMA,
             "input_model": {
                 "type": "object",
                 "properties": {
-                    "type": {"enum": ["HfModel", "OnnxModel"]},
+                    "type": {"enum": ["HfModel", "OnnxModel", "PyTorchModel"]},
                     "model_path": RESOURCE_SCHEMA,
                     "task": {"enum": known_tasks(), "default": "feature-extraction",
                              "description": "decides the model class (its head) and the ONNX inputs and outputs"},
                     "gguf_file": {"type": "string", "description": "a GGUF checkpoint inside model_path (HfModel): "
                                   "read once with transformers into a Hugging Face folder in the cache"},
                     "model_script": {"type": "string"},
+                    "script_dir": {"type": "string", "description": "PyTorchModel: folder put on sys.path for model_script"},
+                    "model_loader": {"type": "string", "description": "PyTorchModel: function in model_script, "
+                                     "model_loader(model_path) -> torch.nn.Module"},
                     "io_config": {"type": ["object", "string"], "if": {"type": "object"}, "then": IO_CONFIG_SCHEMA,
                                   "description": "dict, or a function in model_script"},
                     "dummy_inputs_func": {"type": "string"},
                     "inference_settings": {"type": "object"},
+                    "revision": {"type": "string", "description": "a hub model_path (org/name): branch, tag or commit "
+                                 "(default main); resolved to the commit of the cached snapshot"},
+                    "model_class": {"type": "string", "description": "HfModel: the transformers class to load "
+                                    "(e.g. LlamaForCausalLM) instead of the task's Auto class"},
+                    "components": COMPONENTS_SCHEMA,
                 },
-                "required": ["type", "model_path"],
+                "required": ["type"],
+                # a PyTorchModel's loader may build the module without a file
+                "if": {"properties": {"type": {"not": {"const": "PyTorchModel"}}}},
+                "then": {"required": ["model_path"]},
                 "additionalProperties": False,
             },
             "data_configs": {"type": "array", "items": DATA_CONFIG_SCHEMA},
@@ -120,6 +147,9 @@ def recipe_schema() -> dict:
                         "image": {"enum": ["cpu", "openvino", "cuda"], "description": "DockerSystem, AzureMLSystem: image from images/"},
                         "image_tag": {"type": "string", "description": "DockerSystem: use this tag instead"},
                         "memory_limit": {"type": "string", "description": "DockerSystem: container memory limit, e.g. 4g"},
+                        **DOCKER_SYSTEM_PROPERTIES,
+                        "hf_token": {"type": "boolean", "description": "use the Hugging Face token (HF_TOKEN or the HF "
+                                     "token file) for hub models and datasets; it is never written anywhere"},
                         **AZUREML_SYSTEM_PROPERTIES,
                     },
                     "required": ["type"],
@@ -193,6 +223,10 @@ IO_CONFIG_SCHEMA = {
     "properties": {
         "input_names": {"type": "array", "items": {"type": "string"}, "minItems": 1},
         "output_names": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "input_shapes": {"type": "array", "items": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                         "description": "PyTorchModel: shape of each input's example tensor for the export"},
+        "input_types": {"type": "array", "items": {"type": "string"},
+                        "description": "PyTorchModel: torch dtype name of each input (default float32)"},
         "dynamic_axes": {"type": "object", "additionalProperties": {"type": "object"},
                          "description": "input/output name -> {axis index: dimension name}"},
     },
@@ -212,8 +246,10 @@ def _searchable_config(schema: dict) -> dict:
     return dict(schema, properties={key: searchable(prop) for key, prop in schema["properties"].items()})
 
 
-def load_recipe(source, base_dir: Path | None = None) -> dict:
-    """Read, validate and normalize a recipe from a path or a dict. Raises RecipeError."""
+def load_recipe(source, base_dir: Path | None = None, check_output: bool = False) -> dict:
+    """Read, validate and normalize a recipe from a path or a dict. Raises RecipeError.
+    check_output: also check that engine.output_dir can be written (`validate`; a run checks the
+    folder it was given, overrides included, when it starts)."""
     if isinstance(source, dict):
         name, raw, base = "recipe", copy.deepcopy(source), Path(base_dir or Path.cwd())
     else:
@@ -222,12 +258,33 @@ def load_recipe(source, base_dir: Path | None = None) -> dict:
         if not path.is_file():
             raise RecipeError(f"recipe '{source}' not found", "give the path of a .yaml or .json recipe")
         raw = _with_base(_parse(path), path, [path.resolve()])
+    from .olive_config import is_olive_config, translate
+
+    if is_olive_config(raw):  # Olive's own config formats run as they are
+        raw = translate(raw, name)
     schema = recipe_schema()  # built once: it imports and asks every pass
     _validate(raw, name, schema)
-    recipe = _normalize(raw, base, name, schema)
-    _check_references(recipe, name)
-    check_input_model(recipe["input_model"], name)
-    check_generation_fits(recipe, name)
+    problems: list[RecipeError] = []  # every problem found from here on is reported at once
+    recipe = _normalize(raw, base, name, schema, problems)
+    for check in (lambda: _check_references(recipe, name), lambda: check_input_model(recipe["input_model"], name),
+                  lambda: check_composite(recipe, name),
+                  lambda: check_generation_fits(recipe, name), lambda: apply_workload(recipe, name)):
+        try:
+            check()
+        except RecipeError as exc:
+            problems.extend(exc.each)
+    from .recipe_checks import recipe_problems
+
+    problems += recipe_problems(recipe, name)
+    if check_output:
+        from .output_dir import check_output_dir
+
+        try:
+            check_output_dir(Path(recipe["engine"]["output_dir"]).resolve())
+        except RecipeError as exc:
+            problems.append(exc)
+    if problems:
+        raise RecipeError.all_of(problems)
     return recipe
 
 
@@ -283,6 +340,7 @@ def _resource_slots(recipe: dict):
     model = recipe.get("input_model") or {}
     yield model, "model_path", "input_model.model_path", True
     yield model, "model_script", "input_model.model_script", False
+    yield model, "script_dir", "input_model.script_dir", False
     for index, dc in enumerate(recipe.get("data_configs") or []):
         yield dc.get("load_dataset_config") or {}, "data_files", f"data_configs[{index}].load_dataset_config.data_files", False
         for key in ("user_script", "tokenizer"):
@@ -290,6 +348,9 @@ def _resource_slots(recipe: dict):
     for name, evaluator in (recipe.get("evaluators") or {}).items():
         for index, metric in enumerate(evaluator.get("metrics") or []):
             yield metric.get("user_config") or {}, "user_script", f"evaluators.{name}.metrics[{index}].user_config.user_script", False
+    for name, entry in (recipe.get("passes") or {}).items():  # SplitModel's cost_model CSV
+        if isinstance((entry.get("config") or {}).get("cost_model"), str):
+            yield entry["config"], "cost_model", f"passes.{name}.config.cost_model", False
     for name, system in (recipe.get("systems") or {}).items():
         yield system, "requirements", f"systems.{name}.requirements", False
         yield system.get("azureml_client") or {}, "config_path", f"systems.{name}.azureml_client.config_path", False
@@ -352,25 +413,40 @@ def _leaf_errors(errors):
         yield error
 
 
-def _normalize(raw: dict, base: Path, name: str, schema: dict) -> dict:
+def _normalize(raw: dict, base: Path, name: str, schema: dict, problems: list | None = None) -> dict:
+    """problems: where a path that cannot be resolved is reported (raised at once without it); the
+    slot then keeps a path that does not exist, so later checks skip it."""
     recipe = copy.deepcopy(raw)
     recipe["name"] = name
     recipe["base_dir"] = str(base)
     recipe["input_model"].setdefault("task", "feature-extraction")
+    from .hub import resolve_input_model  # a hub id (org/name) becomes its cached snapshot folder
+
+    resolve_input_model(recipe["input_model"], recipe, base, name)
+
+    def resolved(value, where, remote=False):
+        try:
+            return str(resolve_resource(value, base, f"{name}: {where}", remote=remote))
+        except RecipeError as exc:
+            if problems is None:
+                raise
+            problems.append(exc)
+            return str(base / (value if isinstance(value, str) else f"<{where}: not found>"))
+
     for holder, key, where, remote in _resource_slots(recipe):
         value = holder.get(key)
         if not value:
             continue
         if isinstance(value, list) or key == "data_files":  # data_files: always a list from here on
-            holder[key] = [str(resolve_resource(v, base, f"{name}: {where}")) for v in ([value] if isinstance(value, str) else value)]
+            holder[key] = [resolved(v, where) for v in ([value] if isinstance(value, str) else value)]
         else:
-            holder[key] = str(resolve_resource(value, base, f"{name}: {where}", remote=remote))
+            holder[key] = resolved(value, where, remote)
     data_configs = {}
     for index, dc in enumerate(recipe.get("data_configs", [])):
         if dc["name"] in data_configs:
             raise RecipeError(f"{name}: data_configs[{index}]: data config name '{dc['name']}' is used twice",
                               "give each data config its own name")
-        data_configs[dc["name"]] = dc
+        data_configs[dc["name"]] = with_task_defaults(dc, recipe["input_model"]["task"])
     recipe["data_configs"] = data_configs
     recipe.setdefault("systems", {"local_system": copy.deepcopy(DEFAULT_SYSTEM)})
     recipe.setdefault("evaluators", {})
@@ -424,6 +500,12 @@ def _check_references(recipe: dict, name: str) -> None:
             messages.append(f"{name}: {kind} '{value}' is not defined (used by {places}){_did_you_mean(value, defined[kind])}")
     if messages:
         raise RecipeError("\n".join(messages), "define it in the recipe or correct the name")
+    for index, flow in enumerate(recipe["pass_flows"]):
+        for pass_name in flow[:-1]:  # a pass whose output no pass takes (SplitModel) must end its flow
+            if getattr(get_pass_class(recipe["passes"][pass_name]["type"]), "ends_flow", False):
+                raise RecipeError(f"{name}: pass_flows[{index}]: '{pass_name}' ({recipe['passes'][pass_name]['type']}) "
+                                  f"is followed by {flow[flow.index(pass_name) + 1:]}, but no pass takes its output",
+                                  f"put '{pass_name}' last in the flow")
     for flow in recipe["pass_flows"]:
         dimensions(flow, recipe["passes"], f"{name}: passes")  # a range that cannot be searched fails now
 
@@ -433,6 +515,13 @@ def check_input_model(spec: dict, name: str) -> None:
     folder has a config and a tokenizer."""
     from .models import is_generative
 
+    if spec.get("components"):  # a model of several components (composite.py)
+        check_components(spec, name)
+    if spec["type"] == "PyTorchModel":  # its own checks (pytorch_model.py)
+        from .pytorch_model import check_spec
+
+        check_spec(spec, name)
+        return
     if is_generative(spec.get("task")) and (spec.get("io_config") or spec.get("dummy_inputs_func")):
         raise RecipeError(f"{name}: input_model.io_config / dummy_inputs_func: a decoder's inputs and outputs (its KV "
                           "cache included) come from its config", "remove them from input_model")
@@ -447,12 +536,13 @@ def check_input_model(spec: dict, name: str) -> None:
             raise RecipeError(f"{name}: input_model.gguf_file '{spec['gguf_file']}' is not in {path}",
                               f"use one of {present}" if present else "correct gguf_file or model_path")
         return
-    if spec["type"] == "HfModel" and path.is_dir() and not spec.get("model_script"):
-        if not (path / "config.json").is_file():
+    if spec["type"] == "HfModel" and path.is_dir() and any(path.iterdir()):  # an empty one: recipe_checks
+        if not (path / "config.json").is_file():  # else transformers lists every model type it knows (10 KB)
             raise RecipeError(f"{name}: input_model.model_path {path} has no config.json: it is not a Hugging Face model folder",
-                              "point model_path at the folder save_pretrained wrote (or give gguf_file)")
+                              "point model_path at the folder save_pretrained wrote (or give gguf_file); for a plain "
+                              "torch module use type: PyTorchModel with model_script and model_loader")
         tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model", "vocab.json")
-        if not any((path / f).is_file() for f in tokenizer_files):
+        if not spec.get("model_script") and not any((path / f).is_file() for f in tokenizer_files):
             raise RecipeError(f"{name}: input_model.model_path {path} has no tokenizer (none of {', '.join(tokenizer_files)})",
                               "save the tokenizer beside the model: AutoTokenizer.from_pretrained(...).save_pretrained(folder)")
 
@@ -477,7 +567,7 @@ def check_generation_fits(recipe: dict, name: str) -> None:
 
 def _context_length(spec: dict) -> int | None:
     """The input model's context, where it can be read without loading the model."""
-    if spec["model_path"].startswith("azureml:"):
+    if spec["type"] == "PyTorchModel" or spec["model_path"].startswith("azureml:"):
         return None
     path = Path(spec["model_path"])
     if spec.get("gguf_file"):

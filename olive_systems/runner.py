@@ -7,6 +7,7 @@ process; all of them execute exactly this code.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from .errors import OliveSystemsError
 from .job import CONTRACT_VERSION, JOB_SCHEMA, RESULT_SCHEMA, check, load_batches_file, write_json
+from .job_output import LINE_CHARS, LOG_FILE, captured_output
 
 RESULT_FILE = "result.json"
 KEYVAULT_ENV = "OLIVE_SYSTEMS_KEYVAULT"  # set by AzureMLSystem (keyvault_name): a vault's name, never a secret
@@ -66,13 +68,16 @@ def run_job_file(job_path: str | Path, on_log=None, keyvault: str | None = None)
         log(f"runner: {job['kind']} job {job['job_id']} ({what}) on {job['accelerator']['execution_provider']}")
         out_dir = Path(job["output_dir"])
         out_dir.mkdir(parents=True, exist_ok=True)
-        result.update((_run_pass if job["kind"] == "pass" else _run_evaluation)(job, out_dir, log))
+        with captured_output(job_path.parent / LOG_FILE, log):  # a library's prints: condensed, all in job.log
+            result.update((_run_pass if job["kind"] == "pass" else _run_evaluation)(job, out_dir, log))
         result["status"] = "succeeded"
     except OliveSystemsError as exc:
         result["error"] = {"type": type(exc).__name__, "message": exc.message, "fix": exc.fix}
+        if exc.__cause__ is not None:  # a library error the pass explained: its traceback too, for --verbose
+            _keep_traceback(tail, job_path)
     except Exception as exc:  # a library error inside the job: reported, with its traceback in the tail
-        tail.extend(traceback.format_exc().splitlines()[-12:])
-        detail = str(exc).splitlines()[0] if str(exc) else ""
+        _keep_traceback(tail, job_path)
+        detail = str(exc).splitlines()[0][:LINE_CHARS] if str(exc) else ""  # all of it is in job.log
         result["error"] = {"type": type(exc).__name__, "message": f"{type(exc).__name__}: {detail}",
                            "fix": "see the log tail; run with --verbose for the full traceback"}
     finally:
@@ -82,6 +87,15 @@ def run_job_file(job_path: str | Path, on_log=None, keyvault: str | None = None)
     check(result, RESULT_SCHEMA, "result")
     write_json(job_path.parent / RESULT_FILE, result)
     return result
+
+
+def _keep_traceback(tail, job_path: Path) -> None:
+    """The end of the current exception's traceback in the log tail, all of it in job.log."""
+    text = traceback.format_exc()
+    tail.extend(text.splitlines()[-12:])
+    with contextlib.suppress(OSError):
+        with open(job_path.parent / LOG_FILE, "a") as job_log:
+            job_log.write(text)
 
 
 def _runtime() -> dict:
@@ -148,7 +162,13 @@ def _run_pass(job: dict, out_dir: Path, log) -> dict:
     ctx = PassContext(accelerator=Accelerator(**job["accelerator"]), load_data=lambda name, model: for_model(data[name][1], model),
                       log=lambda message: log(f"{spec['name']}: {message}"))
     model = ModelRef.from_dict(job["input_model"])
-    output = get_pass_class(spec["type"])().run(model, spec["config"], out_dir / "model", ctx)
+    pass_obj = get_pass_class(spec["type"])()
+    if model.attributes.get("components"):  # a model of several components: each in turn (composite.py)
+        from .composite import run_pass
+
+        output = run_pass(pass_obj, spec["type"], model, spec["config"], out_dir / "model", ctx)
+    else:
+        output = pass_obj.run(model, spec["config"], out_dir / "model", ctx)
     return {"output_model": output.relocated("model").to_dict()}
 
 
@@ -163,7 +183,7 @@ def _run_evaluation(job: dict, out_dir: Path, log) -> dict:
         with np.load(job["reference"]) as stored:
             reference = {name: stored[name] for name in stored.files}
     metrics, artifacts = evaluate(ModelRef.from_dict(job["input_model"]), job["metrics"], _data(job),
-                                  job["accelerator"]["execution_provider"], reference, job.get("intra_op_threads"))
+                                  job["accelerator"]["execution_provider"], reference, job.get("intra_op_threads"), log)
     np.savez(out_dir / "artifacts.npz", **artifacts)
     return {"metrics": metrics, "artifacts": "artifacts.npz"}
 

@@ -397,6 +397,21 @@ def test_packaging_registers_through_a_workspace_client(tmp_path):
         package(output, {"type": "AzureMLData", "name": "d"}, tmp_path / "out", Client)
 
 
+def test_model_and_data_assets_of_one_name_keep_their_own_yaml(tmp_path):
+    """AzureMLModels and AzureMLData named alike once wrote the same <name>.yaml: the second replaced the first."""
+    from azure.ai.ml import load_data, load_model
+
+    from olive_systems.packaging import package
+
+    output = ranked_output(tmp_path)
+    entries = [{"type": kind, "name": "olive_output_model"} for kind in ("AzureMLModels", "AzureMLData")]
+    written = package(output, entries, tmp_path / "out")
+    assert len(written) == len(set(written)) == 4
+    for path in written:
+        loader = load_model if path.parent.name == "models" else load_data
+        assert loader(path).name == path.stem
+
+
 def test_recipe_packaging_config_runs_at_the_end(tmp_path):
     import olive_systems
 
@@ -408,7 +423,7 @@ def test_recipe_packaging_config_runs_at_the_end(tmp_path):
                                               {"type": "Zipfile", "name": "packaged"}]}}
     output = olive_systems.run(recipe)
     best = output.get_best_candidate()
-    assert (tmp_path / "out" / "azureml" / "olive_output_model_cpu-cpu_1.yaml").is_file()
+    assert (tmp_path / "out" / "azureml" / "models" / "olive_output_model_cpu-cpu_1.yaml").is_file()
     assert (Path(best.model_path).parent / "model_info.json").is_file()
     assert (tmp_path / "out" / "packaged.zip").is_file()  # the seed puts the zip in the output folder
 

@@ -101,7 +101,7 @@ def test_passes_really_transform_the_model(run_dir):
     assert {init.data_type for init in fp16.graph.initializer} >= {onnx.TensorProto.FLOAT16}
     assert fp16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64  # io types kept
     settings = dynamic.get_inference_config()["session_options"]
-    assert settings["intra_op_num_threads"] in (1, 2)
+    assert settings.get("intra_op_num_threads") in (None, 1, 2)  # ORT's default unless a setting won beyond the interval
     assert dynamic.from_pass() == "OrtSessionParamsTuning"
     history = output.trace_back_run_history(dynamic.model_id)
     assert [h["type"] for h in list(history.values())[:-1]] == [
@@ -154,7 +154,7 @@ def test_export_error_is_recorded_with_its_cause(tiny_bert, tmp_path):
     recipe["engine"].pop("evaluator", None)
     output = olive_systems.run(recipe)
     assert not output.has_output_model()
-    assert output.failures[0]["error"].startswith("torch.onnx.export failed")
+    assert output.failures[0]["error"].startswith("pass 'conversion' failed: torch.onnx.export failed")
     assert not list((tmp_path / "cache" / "runs").glob("*/*"))  # nothing half-written was kept
 
 

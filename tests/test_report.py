@@ -218,3 +218,54 @@ def test_a_run_writes_the_report_and_the_cli_rewrites_it(tiny_bert, tmp_path, ca
     assert main(["report", str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err
     assert "has no workflow_output.json" in err and "fix: give the output folder of a finished run" in err
+
+
+def _boxes_overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def test_crowded_points_stay_readable_and_a_slow_input_model_does_not_squash_the_plot(tmp_path):
+    """Six candidates within 1% of each other and an input model 200x slower: a log axis, every marker
+    visible, Pareto markers on top, no two labels on each other."""
+    crowded = [candidate(f"c{i}", i + 1, (1.0 + 0.002 * (i % 3), 0.9 + 0.0005 * (i // 2), 0.99), pareto=i in (0, 1))
+               for i in range(6)]
+    data = dict(DATA, models=crowded, failures=[], input_model_metrics=metrics(200.0, 0.9, 1.0))
+    dom = report_dom(tmp_path, data)
+    [svg] = dom.find("svg", id="plot")
+    assert svg["attrs"]["data-x-scale"] == "log" and "log scale" in dom.find("text", id="x-title")[0]["text"]
+    markers = dom.find("circle", "candidate")
+    positions = [(float(m["attrs"]["cx"]), float(m["attrs"]["cy"])) for m in markers]
+    assert len(set(positions)) == len(positions)  # none hidden exactly under another
+    order = [m["attrs"]["data-model-id"] for m in markers]
+    assert set(order[-2:]) == {"c0", "c1"}  # the front drawn last, on top
+    labels = dom.find("text", "label")
+    assert sorted(label["text"] for label in labels) == sorted([str(i) for i in range(1, 7)] + ["input"])
+    boxes = []
+    for label in labels:
+        x, y, anchor, width = float(label["attrs"]["x"]), float(label["attrs"]["y"]), label["attrs"]["text-anchor"], 7 * len(label["text"])
+        left = x if anchor == "start" else x - width if anchor == "end" else x - width / 2
+        boxes.append((left, y - 10, left + width, y + 1))
+    assert not any(_boxes_overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+def test_the_table_marks_searched_settings_cached_steps_and_fused_operators(tmp_path):
+    model = candidate("fused", 1, (2.0, 0.9, 0.99), pareto=True, passes=("conversion", "dynamic"))
+    model["run_history"][0].update(cached=True, source="shared")
+    model["run_history"][1].update(cached=False, seconds=3.25, searched=["per_channel"])
+    model["model_config"] = {"config": {"model_attributes": {"fused_operators": {"Attention": 6, "Gelu": 0}}}}
+    dom = report_dom(tmp_path, dict(DATA, models=[model], failures=[]))
+    [row] = dom.find("tr", "candidate")
+    assert [c["text"] for c in dom.find("code", "searched")] == ["per_channel=true (searched)"]
+    assert [s["text"] for s in dom.find("small", "step-source")] == ["from the shared cache", "computed in 3.2 s"]
+    assert dom.find("td", "fused")[0]["text"] == "Attention ×6"
+
+
+def test_timings_show_their_interval_and_each_workload_shape(tmp_path):
+    model = candidate("int8", 1, (2.0, 0.9, 0.99), pareto=True)
+    model["metrics"][LAT].update(interval=[1.9, 2.1], by_shape={
+        "1x128": {"value": 1.5, "interval": [1.4, 1.6], "rank": 1},
+        "8x128": {"value": 9.0, "interval": [8.5, 9.5], "rank": 2}})
+    dom = report_dom(tmp_path, dict(DATA, models=[model], failures=[]))
+    [row] = dom.find("tr", "candidate")
+    assert [e["text"] for e in dom.find("small", "interval")][0] == " [1.9, 2.1]"
+    assert [e["text"] for e in dom.find("small", "shape")] == ["1x128: 1.5 [1.4, 1.6], rank 1", "8x128: 9 [8.5, 9.5], rank 2"]

@@ -196,23 +196,106 @@ def test_flipped_bytes_in_a_blob_are_detected_recomputed_and_reported(tiny_bert,
     assert recomputed == ["static"], again.steps
     assert any(e["kind"] == "warning" and "corrupt" in e["name"] for e in events)
     assert not again.failures
+    # The replacement's push removed the corrupt archive: the key holds its manifest and one good archive.
+    prefix = victim.rsplit("/", 1)[0]
+    left = sorted(b.name for b in blobs.list_blobs(name_starts_with=prefix + "/"))
+    assert victim not in left and len(left) == 2 and f"{prefix}/manifest.json" in left, left
+    kind, key = prefix.split("/")
+    assert _remote(shared).pull(kind, key, tmp_path / "verified") is not None
+
+
+def test_prune_sweeps_blobs_no_complete_entry_uses(tmp_path, shared, azurite):
+    from olive_systems.cache.blob import BlobRemote
+
+    cache = LocalCache(tmp_path / "cache", remote=BlobRemote(shared))
+
+    def build(folder):
+        (folder / "f.bin").write_bytes(b"payload")
+        return {"pass": "p"}
+
+    keys = [cache.put("runs", make_key({"n": n}), build).key for n in range(3)]
+    blobs = container(azurite, shared)
+    blobs.upload_blob(f"runs/{keys[0]}/deadbeef.tar", b"a killed upload beside a complete entry")
+    blobs.delete_blob(f"runs/{keys[1]}/manifest.json")  # an entry found corrupt: unpublished, archive left
+    writer = json.loads(blobs.download_blob(f"runs/{keys[2]}/manifest.json").readall())["writer"]
+    blobs.delete_blob(f"runs/{keys[2]}/{writer}.tar")  # a manifest whose files are gone
+    pruned = cli("cache", "prune", "--cache-dir", str(tmp_path / "cache"), "--container-name", shared)
+    assert pruned.returncode == 0, pruned.stderr
+    names = {b.name for b in blobs.list_blobs()}
+    assert f"runs/{keys[0]}/deadbeef.tar" not in names and f"runs/{keys[0]}/manifest.json" in names
+    assert f"runs/{keys[2]}/manifest.json" not in names
+    assert any(name.startswith(f"runs/{keys[1]}/") for name in names)  # young: it may be an upload under way
+    assert "removed 2 orphans" in pruned.stdout, pruned.stdout
+    assert BlobRemote(shared).prune_orphans(grace_s=0) == [n for n in sorted(names) if n.startswith(f"runs/{keys[1]}/")]
+    assert _remote(shared).pull("runs", keys[0], tmp_path / "ok") is not None  # the complete entry is untouched
+
+
+class CountingDeadService:
+    """A blob endpoint that accepts connections and drops them at once (a service going down),
+    counting how many connections the client opens."""
+
+    def __init__(self):
+        import threading
+
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(16)
+        self.port, self.connections = self.server.getsockname()[1], 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self.connections += 1
+            conn.close()
+
+
+def test_an_outage_costs_one_failed_call_then_the_remote_stays_down(tmp_path, monkeypatch):
+    from olive_systems.cache.blob import BlobRemote
+
+    dead = CountingDeadService()
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING",
+                       f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={DEV_KEY};"
+                       f"BlobEndpoint=http://127.0.0.1:{dead.port}/devstoreaccount1;")
+    warnings, remote = [], BlobRemote("olive-down")
+    cache = LocalCache(tmp_path, warn=warnings.append, remote=remote)
+
+    def build(folder):
+        (folder / "f.bin").write_bytes(b"computed here")
+        return {"pass": "p"}
+
+    for n in range(4):  # a run's next steps: look up, compute locally, (not) push
+        key = make_key({"n": n})
+        assert cache.get("runs", key) is None
+        assert cache.put("runs", key, build).source == "computed"
+    assert remote.down and remote.failed_calls == 1
+    assert dead.connections == 1  # no retry, and nothing on the wire once marked down
+    assert len(warnings) == 1 and "unavailable" in warnings[0] and "local cache only" in warnings[0]
+    dead.server.close()
 
 
 def test_blob_outage_mid_run_degrades_to_local_with_one_warning(tiny_bert, tmp_path, shared, azurite):
+    from olive_systems.engine import Engine
+    from olive_systems.recipe import load_recipe
+
     events = []
 
     def stop_after_first_pass(event):
         events.append(event)
-        if event["kind"] == "done" and event.get("step") == "pass":
+        if event["kind"] == "done" and event.get("step") == "pass" and azurite.process.poll() is None:
             azurite.stop()
 
+    engine = Engine(load_recipe(twin(tiny_bert, tmp_path, shared)), on_event=stop_after_first_pass)
     try:
-        output = olive_systems.run(twin(tiny_bert, tmp_path, shared), on_event=stop_after_first_pass)
+        output = engine.run()
     finally:
         azurite.start()
-    assert not output.failures and len(output.get_output_models()) == 3
-    warnings = [e for e in events if e["kind"] == "warning"]
-    assert len(warnings) == 1 and "unavailable" in warnings[0]["name"]
+    assert not output.failures and len(output.get_output_models()) == 3  # finished on the local cache
+    assert engine.cache.remote.down and engine.cache.remote.failed_calls == 1
+    assert [e["kind"] for e in events].count("warning") == 1
 
 
 def cli(*args):

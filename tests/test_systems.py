@@ -144,13 +144,17 @@ def test_venv_built_from_pinned_requirements_matches_local(tiny_onnx, tmp_path, 
     assert [p for p in (tmp_path / "venvs").iterdir() if p.is_dir()] == built
 
 
-def test_docker_cpu_image_matches_local(tiny_onnx, tmp_path, local_outcome):
+def test_docker_cpu_image_matches_local(tiny_onnx, tmp_path, local_outcome, monkeypatch):
     need_docker()
+    from olive_systems.systems.docker import DockerSystem, docker_client
+
+    runs = []  # this run's id: other runs sharing the daemon have containers of their own
+    original_start = DockerSystem.start
+    monkeypatch.setattr(DockerSystem, "start", lambda self, mounts: (original_start(self, mounts), runs.append(self.run_id)))
     output = olive_systems.run(system_recipe(tiny_onnx, tmp_path, {"type": "DockerSystem", "image": "cpu"}))
     assert outcome(output) == local_outcome
-    from olive_systems.systems.docker import docker_client
-
-    leftover = docker_client().containers.list(all=True, filters={"label": "olive-systems=sys"})
+    assert len(runs) == 1
+    leftover = docker_client().containers.list(all=True, filters={"label": f"olive-systems.run={runs[0]}"})
     assert leftover == [], "the warm container must be removed at the end of the run"
 
 

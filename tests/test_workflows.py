@@ -166,7 +166,7 @@ def test_cli_help_lists_every_argument(command, capsys):
 
 
 def test_cli_refuses_with_exit_code_2(tiny_bert, tmp_path, capsys):
-    code = main(["auto_opt", "--model_name_or_path", str(tiny_bert), "--num_splits", "2",
+    code = main(["auto_opt", "--model_name_or_path", str(tiny_bert), "--num_splits", "2", "--cost_model", "c.csv",
                  "--output_path", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "cache")])
     err = capsys.readouterr().err
     assert code == 2 and "num_splits" in err and "fix:" in err
@@ -221,7 +221,7 @@ REFUSED = [
     ("quantize", {"text_field": "text"}, "text_field"),  # a dataset argument without a dataset
     ("quantize", {"adapter_path": "adapters/"}, "adapter_path"),
     ("quantize", {"account_name": "storage"}, "account_name"),  # a shared cache needs its container
-    ("auto_opt", {"num_splits": 2}, "num_splits"),
+    ("auto_opt", {"num_splits": 2, "cost_model": "cost.csv"}, "num_splits"),  # two ways to split
     ("auto_opt", {"cost_model": "cost.csv"}, "cost_model"),
     ("auto_opt", {"memory": 2**30}, "memory"),
     ("auto_opt", {"precision": "fp8"}, "fp8"),

@@ -13,12 +13,14 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..concurrency import remove_stale_lock
 from ..models import file_sha256, folder_files
 
 MANIFEST = "manifest.json"
@@ -45,13 +47,14 @@ class LocalCache:
         self.root = Path(root).resolve()  # absolute: paths in jobs must mean the same in every system
         self.warn = warn
         self.remote = remote  # a BlobRemote in front of which this cache sits, or None
+        self._remote_warned = threading.Lock()  # taken once, by the one warning that the remote is down
 
     def entry_path(self, kind: str, key: str) -> Path:
         return self.root / kind / key[:2] / key
 
     def get(self, kind: str, key: str) -> Entry | None:
         entry = self._get_local(kind, key)
-        if entry is None and self.remote is not None:
+        if entry is None and self._remote_up():
             entry = self._pull(kind, key)
         return entry
 
@@ -88,7 +91,11 @@ class LocalCache:
                 os.rename(tmp, final)
             except OSError:  # another writer got there first: theirs stands, ours goes
                 shutil.rmtree(tmp, ignore_errors=True)
-                return self._get_local(kind, key) or self.put(kind, key, build)
+                theirs = self._get_local(kind, key)
+                if theirs is None:
+                    return self.put(kind, key, build)
+                theirs.source = "computed"  # we did compute it (twice in all): say so
+                return theirs
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -97,14 +104,19 @@ class LocalCache:
 
     # ---- the shared (blob) cache behind this one ----
 
+    def _remote_up(self) -> bool:
+        return self.remote is not None and self.remote.down is None
+
     def _remote_call(self, work):
+        """The remote's breaker opens at its first failure; this says so once, however many threads
+        hit it, and the run goes on with the local cache alone."""
         from .blob import RemoteUnavailable
 
         try:
             return work()
         except RemoteUnavailable as exc:
-            self.warn(f"shared cache {self.remote.name} unavailable ({exc}); going on with the local cache only")
-            self.remote = None  # one warning, then local-only for the rest of the run
+            if self._remote_warned.acquire(blocking=False):
+                self.warn(f"shared cache {self.remote.name} unavailable ({exc}); going on with the local cache only")
             return None
 
     def _pull(self, kind: str, key: str) -> Entry | None:
@@ -128,7 +140,7 @@ class LocalCache:
         tmp = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-pull-", dir=tmp_root))
         try:
             manifest, etag = entry.pending
-            if self.remote is None or self._remote_call(lambda: self.remote.download(entry.kind, entry.key, manifest, etag, tmp)) is None:
+            if not self._remote_up() or self._remote_call(lambda: self.remote.download(entry.kind, entry.key, manifest, etag, tmp)) is None:
                 return False
             _write_atomic(tmp / MANIFEST, json.dumps({k: v for k, v in manifest.items() if k != "writer"}, indent=1))
             entry.path.parent.mkdir(parents=True, exist_ok=True)
@@ -145,13 +157,13 @@ class LocalCache:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def _push(self, kind: str, key: str, folder: Path, manifest: dict) -> None:
-        if self.remote is not None:
+        if self._remote_up():
             self._remote_call(lambda: self.remote.push(kind, key, folder, manifest))
 
     def push_entry(self, entry: Entry) -> bool:
         """Publish an entry that is only local (cache push)."""
         manifest = json.loads((entry.path / MANIFEST).read_text())
-        return bool(self.remote is not None and self._remote_call(lambda: self.remote.push(entry.kind, entry.key, entry.path, manifest)))
+        return bool(self._remote_up() and self._remote_call(lambda: self.remote.push(entry.kind, entry.key, entry.path, manifest)))
 
     def entries(self, kind: str) -> list[Entry]:
         found = []
@@ -160,12 +172,33 @@ class LocalCache:
             found.append(Entry(kind, manifest["key"], manifest_path.parent, manifest["meta"]))
         return found
 
-    def sweep(self) -> None:
-        """Remove temp and job folders left by runs that were killed (their process is gone)."""
+    def sweep(self) -> list[Path]:
+        """Remove what runs that were killed left behind: temp and job folders (their process is gone)
+        and the lock files of steps they were computing (nobody holds them). Returns what it removed."""
+        removed = []
         for folder in [*(self.root / "tmp").glob("*-*"), *(self.root / "jobs").glob("*-*")]:
             pid = folder.name.split("-", 1)[0]
             if pid.isdigit() and not process_alive(int(pid)):
                 shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+        removed += [lock for lock in (self.root / "locks").glob("*.lock") if remove_stale_lock(lock)]
+        return removed
+
+    def prune_orphans(self) -> list[str]:
+        """`cache prune`: what sweep removes, entry folders without a manifest (no complete entry), and
+        with a shared cache its orphan blobs. Returns what went."""
+        removed = [str(path) for path in self.sweep()]
+        for trash in (self.root / "tmp").glob("trash-*"):  # a discard killed half-way
+            shutil.rmtree(trash, ignore_errors=True)
+            removed.append(str(trash))
+        for kind in KINDS:
+            for folder in (self.root / kind).glob("*/*"):
+                if folder.is_dir() and not (folder / MANIFEST).is_file():
+                    self.discard(folder)
+                    removed.append(str(folder))
+        if self._remote_up():
+            removed += self._remote_call(self.remote.prune_orphans) or []
+        return removed
 
     def clear(self) -> None:
         for kind in (*KINDS, "tmp", "jobs"):

@@ -9,10 +9,13 @@ import numpy as np
 from ..data import Batches, pooled, post_process
 from ..errors import OliveSystemsError, RecipeError
 from ..models import ModelRef
-from ..ort import create_session, dummy_feed, measure_latency
+from ..ort import create_session, dummy_feed
+from ..measure import DEFAULT_PRECISION, measure, progress_line, weighted
 from ..user_script import load_function
+from ..workload import shape_feed, shape_name
 from .generative import GENERATIVE_METRICS, LazyDecoder, metric_values as generative_values
-from .metrics import TIMING_METRICS, classification_scores, fidelity_scores, fit_threshold, higher_is_better, timing_stats
+from .metrics import (TIMING_METRICS, check_prediction_shape, class_scores, classification_scores, fidelity_scores,
+                      fit_threshold, higher_is_better, huggingface_metric_values)
 
 
 class ModelRunner:
@@ -21,7 +24,9 @@ class ModelRunner:
     def __init__(self, model: ModelRef, execution_provider: str, intra_op_threads: int | None = None):
         self.model = model
         if model.type == "OnnxModel":
-            self.session = create_session(model.onnx_path, model.inference_settings, execution_provider, intra_op_threads)
+            from ..passes.split import open_session  # a split model's parts run as one chain
+
+            self.session = open_session(model, execution_provider, intra_op_threads)
             self.input_names = [arg.name for arg in self.session.get_inputs()]
             self.output_name = self.session.get_outputs()[0].name
         elif model.type == "HfModel":  # runs in torch on the CPU, whatever the accelerator: it is the reference
@@ -31,12 +36,19 @@ class ModelRunner:
 
             self.torch_model = load_hf_model(model)
             self.input_names = list(inspect.signature(self.torch_model.forward).parameters)
+        elif model.type == "PyTorchModel":  # a model script's module, in torch on the CPU (pytorch_model.py)
+            from ..pytorch_model import TorchScriptRunner
+
+            self.torch_runner = TorchScriptRunner(model)
+            self.input_names = self.torch_runner.input_names
         else:
             raise OliveSystemsError(f"cannot evaluate a model of type {model.type}", "use an HfModel or OnnxModel")
 
     def __call__(self, feed: dict) -> np.ndarray:
         if self.model.type == "OnnxModel":
             return self.session.run([self.output_name], feed)[0]
+        if self.model.type == "PyTorchModel":
+            return self.torch_runner(feed)
         import torch
 
         with torch.inference_mode():
@@ -47,6 +59,8 @@ class ModelRunner:
         """Batch 1, sequence 128 of the model's own input names: for timing without a data config."""
         if self.model.type == "OnnxModel":
             return dummy_feed(self.session)
+        if self.model.type == "PyTorchModel":
+            return self.torch_runner.dummy_feed()
         from ..models import model_input_names
 
         names = model_input_names(Path(self.model.path))
@@ -54,12 +68,17 @@ class ModelRunner:
 
 
 def evaluate(model: ModelRef, metrics: list[dict], data: dict[str, tuple[dict, Batches]], execution_provider: str,
-             reference: dict | None, intra_op_threads: int | None = None) -> tuple[dict, dict]:
+             reference: dict | None, intra_op_threads: int | None = None, log=None) -> tuple[dict, dict]:
     """Returns (metrics, artifacts). `data` maps a data config name to its config and pre-processed
     batches. Artifacts of the input model are the reference for candidates: its pooled outputs (for
     fidelity), any fitted accuracy thresholds and its greedy continuations (greedy_agreement).
     Generative metrics (evaluation.generative) run the model through its decoder runner; the others
-    through ModelRunner. Each is opened on first use only."""
+    through ModelRunner. Each is opened on first use only. Timing metrics are measured with
+    olive_systems.measure (budgeted, with intervals; log receives its progress lines)."""
+    if model.attributes.get("components"):  # a model of several components: its own evaluation (composite.py)
+        from ..composite import evaluate as evaluate_components
+
+        return evaluate_components(model, metrics, execution_provider, intra_op_threads, log)
     runners: dict[str, ModelRunner] = {}
 
     def runner() -> ModelRunner:
@@ -81,10 +100,17 @@ def evaluate(model: ModelRef, metrics: list[dict], data: dict[str, tuple[dict, B
         return loaded[name]
 
     results, artifacts = {}, {}
+    timings: dict = {}  # (data config, shape) -> Measurement: latency and throughput of a shape share their calls
     # Timing first, while nothing else of this evaluation is warm in the caches.
     for metric in sorted(metrics, key=lambda m: m["type"] not in TIMING_METRICS):
-        if metric["type"] in GENERATIVE_METRICS:
+        details: dict = {}  # sub-type -> interval / by_shape of a timing metric
+        if metric["type"] == "generation" and metric.get("workload"):
+            values = _generation_by_shape(metric, details, lambda m: generative_values(m, model, decoder, data, reference,
+                                                                                        artifacts))
+        elif metric["type"] in GENERATIVE_METRICS:
             values = generative_values(metric, model, decoder, data, reference, artifacts)
+        elif metric["type"] in ("latency", "throughput"):
+            values = _timing_values(metric, runner(), data_for, timings, details, log or (lambda message: None))
         else:
             values = _metric_values(metric, runner(), data_for, data_configs, reference, artifacts)
         for sub in metric["sub_types"]:
@@ -95,18 +121,13 @@ def evaluate(model: ModelRef, metrics: list[dict], data: dict[str, tuple[dict, B
                 "value": values[sub["name"]],
                 "priority": sub.get("priority", -1),
                 "higher_is_better": higher_is_better(metric, sub),
+                **details.get(sub["name"], {}),
             }
     return results, artifacts
 
 
 def _metric_values(metric, runner, data_for, data_configs, reference, artifacts) -> dict:
     kind, config, name = metric["type"], metric.get("metric_config", {}), metric["name"]
-    if kind in ("latency", "throughput"):
-        feed = data_for(metric["data_config"], infer=False)[0].inputs[0] if metric.get("data_config") else runner.dummy_feed()
-        times = measure_latency(lambda: runner(feed), config.get("warmup_num", 10),
-                                config.get("repeat_test_num", 100), config.get("sleep_num", 0))
-        batch_size = len(next(iter(feed.values())))
-        return timing_stats(times, batch_size)[kind]
     batches, outputs = data_for(metric["data_config"])
     if kind == "fidelity":
         how = config.get("pooling", "mean")
@@ -124,10 +145,138 @@ def _metric_values(metric, runner, data_for, data_configs, reference, artifacts)
             key = f"threshold:{name}"
             threshold = reference[key] if reference is not None else fit_threshold(predictions, batches.targets)
             artifacts[key] = np.float64(threshold)
+        scores = class_scores(outputs, predictions) if threshold is None else np.asarray(predictions, dtype=np.float64)
         if threshold is not None:
             predictions = (predictions >= float(threshold)).astype(int)
-        return classification_scores(predictions, batches.targets)
+        check_prediction_shape(predictions, batches.targets, name, metric["data_config"])
+        if metric.get("backend") == "huggingface_metrics":
+            return huggingface_metric_values(metric, predictions, batches.targets, scores)
+        wants_auroc = any(sub["name"] == "auroc" for sub in metric["sub_types"])
+        if wants_auroc and scores is None:
+            raise RecipeError(f"metric '{name}': auroc ranks scores, and the post-processed outputs are labels only",
+                              "use a classifier's logits (task text-classification, argmax post-processing), or "
+                              "continuous scores with metric_config.threshold")
+        return classification_scores(predictions, batches.targets, scores if wants_auroc else None)
     func = load_function(metric.get("user_config", {}).get("user_script"),
                          metric.get("user_config", {}).get("metric_func", ""), f"metric '{name}'")
     value = func(predictions, batches.targets)
     return {k: float(v) for k, v in value.items()} if isinstance(value, dict) else {metric["sub_types"][0]["name"]: float(value)}
+
+
+# ---- timing (olive_systems.measure): budgeted, per workload shape, with intervals ----
+
+DEFAULT_BUDGET_S = 10.0
+
+
+def _timing_values(metric: dict, runner: ModelRunner, data_for, timings: dict, details: dict, log) -> dict:
+    """Each sub-type's weighted figure over the metric's workload (or its one feed); details get the
+    interval of each figure and, with a workload, every shape's figure and interval."""
+    kind, config = metric["type"], metric.get("metric_config", {})
+    base = data_for(metric["data_config"], infer=False)[0].inputs[0] if metric.get("data_config") else None
+    shapes = metric.get("workload")
+    if not shapes:
+        feed = base if base is not None else runner.dummy_feed()
+        first = np.asarray(next(iter(feed.values())))
+        shapes = [{"batch_size": int(first.shape[0]), "sequence_length": int(first.shape[-1]), "weight": 1, "feed": feed}]
+    budget = float(config.get("budget_s", DEFAULT_BUDGET_S)) / len(shapes)
+    per_shape = []
+    for shape in shapes:
+        label = shape_name(shape)
+        key = (metric.get("data_config"), label)
+        if key not in timings:
+            feed = shape.get("feed") or shape_feed(base, runner.input_names, shape, lambda b, s: _dummy(runner, b, s))
+            shown = f"{metric['name']} {label}"
+            timings[key] = measure(lambda feed=feed: runner(feed), budget, warmup_num=config.get("warmup_num", 10),
+                                   max_calls=config.get("repeat_test_num"), pause_s=config.get("sleep_num", 0),
+                                   precision=config.get("precision", DEFAULT_PRECISION),
+                                   on_progress=lambda message, shown=shown: log(progress_line(f"{shown}: {message}")))
+        per_shape.append((shape, label, timings[key]))
+    values = {}
+    declared = {s["name"] for s in metric["sub_types"]}
+    for sub in TIMING_SUBTYPES[kind]:  # every one, so an unknown sub-type's error can list them
+        if sub not in declared:  # its figure only: no interval to bootstrap
+            figures = [(shape, _timing_stat(kind, sub, shape["batch_size"])(measured.arms["model"].matrix().reshape(1, -1))[0])
+                       for shape, _, measured in per_shape]
+            values[sub] = round(float(_combine(kind, figures)), 4)
+            continue
+        figures = []
+        for shape, label, measured in per_shape:
+            stat = _timing_stat(kind, sub, shape["batch_size"])
+            value, low, high = measured.interval("model", stat)
+            figures.append((shape, label, value, sorted((low, high)), measured))
+        values[sub] = round(_combine(kind, [(f[0], f[2]) for f in figures]), 4)
+        low = _combine(kind, [(f[0], f[3][0]) for f in figures])
+        high = _combine(kind, [(f[0], f[3][1]) for f in figures])
+        details[sub] = {"interval": [round(low, 4), round(high, 4)]}
+        if metric.get("workload"):
+            details[sub]["by_shape"] = {
+                label: {"value": round(value, 4), "interval": [round(bounds[0], 4), round(bounds[1], 4)],
+                        "weight": shape["weight"], "batch_size": shape["batch_size"],
+                        "sequence_length": shape["sequence_length"], "rounds": measured.rounds,
+                        "calls": len(measured.arms["model"].samples), "seconds": round(measured.seconds, 3),
+                        "stopped": measured.stopped,
+                        "others_cpu": None if measured.others_cpu is None else round(measured.others_cpu, 3)}
+                for shape, label, value, bounds, measured in figures}
+    return values
+
+
+# sub-type -> the statistic of a [resamples, calls] array of seconds (vectorized for the bootstrap)
+TIMING_SUBTYPES = {
+    "latency": ("avg", "p50", "p75", "p90", "p95", "p99", "min", "max"),
+    "throughput": ("avg", "p50", "p90", "min", "max"),
+}
+
+
+def _timing_stat(kind: str, sub: str, batch: int):
+    if kind == "latency":
+        if sub == "avg":
+            return lambda rows: rows.mean(axis=1) * 1000
+        if sub in ("min", "max"):
+            return lambda rows: getattr(rows, sub)(axis=1) * 1000
+        return lambda rows: np.percentile(rows, float(sub[1:]), axis=1) * 1000
+    # throughput in samples/s: the q-th percentile of per-call throughput is batch over the (100-q)-th of time
+    if sub == "avg":
+        return lambda rows: batch / rows.mean(axis=1)
+    if sub == "min":
+        return lambda rows: batch / rows.max(axis=1)
+    if sub == "max":
+        return lambda rows: batch / rows.min(axis=1)
+    return lambda rows: batch / np.percentile(rows, 100 - float(sub[1:]), axis=1)
+
+
+def _combine(kind: str, figures: list[tuple[dict, float]]) -> float:
+    """A workload's figure: weights are shares of requests. Latency: the expected ms per request;
+    throughput: samples served over the time they take."""
+    weights = [shape["weight"] for shape, _ in figures]
+    if kind == "latency":
+        return weighted([value for _, value in figures], weights)
+    samples = sum(w * shape["batch_size"] for w, (shape, _) in zip(weights, figures))
+    seconds = sum(w * shape["batch_size"] / value for w, (shape, value) in zip(weights, figures))
+    return samples / seconds
+
+
+def _dummy(runner: ModelRunner, batch: int, sequence: int) -> dict:
+    """Zeros (ones for a mask) of batch x sequence under the model's input names."""
+    if runner.model.type == "OnnxModel":
+        return dummy_feed(runner.session, batch, sequence)
+    feed = runner.dummy_feed()
+    return {name: (np.ones if "mask" in name else np.zeros)((batch, sequence), dtype=np.asarray(value).dtype)
+            for name, value in feed.items()}
+
+
+def _generation_by_shape(metric: dict, details: dict, values_for) -> dict:
+    """The generation metric at each (prompt, new tokens) shape of its workload, weighted."""
+    figures = []
+    for shape in metric["workload"]:
+        config = {**(metric.get("metric_config") or {}), "prompt_tokens": shape["prompt_tokens"],
+                  "new_tokens": shape["new_tokens"]}
+        figures.append((shape, values_for({**metric, "metric_config": config})))
+    weights = [shape["weight"] for shape, _ in figures]
+    values = {}
+    for sub in figures[0][1]:
+        values[sub] = round(weighted([found[sub] for _, found in figures], weights), 4)
+        details[sub] = {"by_shape": {shape_name(shape): {"value": found[sub], "weight": shape["weight"],
+                                                         "prompt_tokens": shape["prompt_tokens"],
+                                                         "new_tokens": shape["new_tokens"]}
+                                     for shape, found in figures}}
+    return values

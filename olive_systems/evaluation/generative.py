@@ -71,7 +71,8 @@ def metric_values(metric: dict, model: ModelRef, decoder: LazyDecoder, data: dic
     kind, name = metric["type"], metric["name"]
     config = {**DEFAULTS.get(kind, {}), **(metric.get("metric_config") or {})}
     if kind == "size_on_disk":
-        return {"mb": round(weight_bytes(model) / 2**20, 4)}
+        size = weight_bytes(model)
+        return {"mb": round(size / 2**20, 4), "bytes": float(size)}
     if not is_decoder(model):
         raise RecipeError(f"metric '{name}' ({kind}) needs a decoder; the model's task is '{model.task}'",
                           "use task text-generation-with-past (or text-generation) for generative metrics")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..output import WorkflowOutput
-from .azureml import asset_name, build_model_assets, candidate_folder, register_assets, write_asset_yaml, write_model_info
+from .azureml import ASSET_FOLDERS, asset_name, build_model_assets, candidate_folder, register_assets, write_asset_yaml, write_model_info
 from .mlflow import require_mlflow
 
 PACKAGING_TYPES = ["AzureMLModels", "AzureMLData", "Zipfile"]
@@ -83,7 +83,7 @@ def package(workflow_output: WorkflowOutput, entries, output_dir: Path, ml_clien
             continue
         assets = build_model_assets(workflow_output, entry)
         if ml_client is None:
-            produced.extend(write_asset_yaml(assets, output_dir / "azureml"))
+            produced.extend(write_asset_yaml(assets, output_dir / "azureml" / ASSET_FOLDERS[entry["type"]]))
         else:
             register_assets(assets, entry, ml_client)
     return produced

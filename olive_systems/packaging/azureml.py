@@ -66,8 +66,12 @@ def build_model_assets(workflow_output: WorkflowOutput, entry: dict) -> list:
     return assets
 
 
+ASSET_FOLDERS = {"AzureMLModels": "models", "AzureMLData": "data"}
+
+
 def write_asset_yaml(assets: list, folder: Path) -> list[Path]:
-    """Each entity dumped by the SDK, with its local path kept as given (the CLI uploads it)."""
+    """Each entity dumped by the SDK, with its local path kept as given (the CLI uploads it). The caller
+    gives each packaging type its own folder: a model and a data asset of one name must not share a file."""
     import yaml
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ _REGISTRY = {
     "ExtractAdapters": "adapters",
     "LoRA": "lora",
     "QLoRA": "lora",
+    "SplitModel": "split",
 }
 
 # alias -> (registered pass, preset settings)

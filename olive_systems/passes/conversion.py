@@ -1,4 +1,5 @@
-"""OnnxConversion: torch.onnx.export of a Hugging Face model, io config derived from its task."""
+"""OnnxConversion: torch.onnx.export of a Hugging Face model (io config derived from its task) or of a
+PyTorchModel's module (io config and example inputs from its script: pytorch_model.py)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def task_io_config(ref: ModelRef) -> dict:
 
 class OnnxConversion(Pass):
     description = "Export a PyTorch / Hugging Face model to ONNX (TorchScript or dynamo exporter); decoders with their KV cache."
-    input_types = ("HfModel",)
+    input_types = ("HfModel", "PyTorchModel")
     depends_on = ("torch", "transformers", "onnx", "onnxscript")
     accelerator_dependent = False
     config_schema = {
@@ -49,13 +50,20 @@ class OnnxConversion(Pass):
         import torch
 
         dtype = getattr(torch, config["torch_dtype"]) if config["torch_dtype"] else None
-        hf_model = load_hf_model(model, **({"torch_dtype": dtype} if dtype else {}))
-        if is_generative(model.task):
+        if model.type == "PyTorchModel":
+            module, dummy, io_config = self._script_module(model, dtype)
+            spec = None
+        elif is_generative(model.task):
+            hf_model = load_hf_model(model, **({"torch_dtype": dtype} if dtype else {}))
             module, dummy, io_config, spec = self._decoder(model, hf_model, config, dtype)
         else:
+            hf_model = load_hf_model(model, **({"torch_dtype": dtype} if dtype else {}))
             io_config = self._io_config(model, hf_model)
             dummy, keywords = self._dummy_inputs(model, hf_model, io_config, config)
             module, spec = _KeywordForward(hf_model, keywords, io_config["output_names"]), None
+        if io_config.get("dynamic_axes"):  # axes come back from a job's JSON as strings; torch wants ints
+            io_config = {**io_config, "dynamic_axes": {name: {int(axis): dim for axis, dim in axes.items()} if isinstance(axes, dict) else axes
+                                                       for name, axes in io_config["dynamic_axes"].items()}}
         out_dir.mkdir(parents=True, exist_ok=True)
         onnx_path = out_dir / "model.onnx"
         try:
@@ -76,7 +84,8 @@ class OnnxConversion(Pass):
             from ..llm.adapters import name_lora_weights
 
             name_lora_weights(onnx_path, Path(model.path) / adapter)
-        copy_side_files(Path(model.path), out_dir)
+        if model.type != "PyTorchModel":  # its folder holds the script and weights, nothing to carry over
+            copy_side_files(Path(model.path), out_dir)
         attributes = {"opset": config["target_opset"]}
         if spec is not None:
             from ..llm.genai_folder import write_genai_config
@@ -85,6 +94,23 @@ class OnnxConversion(Pass):
             attributes["decoder"] = {"with_past": canonical_task(model.task) == "text-generation-with-past"}
         return ModelRef(type="OnnxModel", path=str(out_dir), hash=folder_sha256(out_dir), task=model.task,
                         io_config=io_config, attributes=attributes)
+
+    @staticmethod
+    def _script_module(model: ModelRef, dtype):
+        """A PyTorchModel's module wrapped for export, its example inputs and io_config."""
+        import torch
+
+        from ..pytorch_model import PyTorchModelHandle
+
+        handle = PyTorchModelHandle(model)
+        module = handle.model if dtype is None else handle.model.to(dtype)
+        dummy, keywords = handle.dummy_inputs()
+        if dtype is not None:  # float inputs follow the module's dtype
+            dummy = tuple(d.to(dtype) if torch.is_floating_point(d) else d for d in dummy)
+        io_config = handle.export_config()
+        if isinstance(module, torch.jit.ScriptModule) and keywords is None:  # exported as it is: it cannot be wrapped
+            return module, dummy, io_config
+        return _KeywordForward(module, keywords, io_config["output_names"]), dummy, io_config
 
     @staticmethod
     def _decoder(model: ModelRef, hf_model, config: dict, dtype):
@@ -142,6 +168,8 @@ def _keyword_forward_class():
 
         def forward(self, *args):
             outputs = self.model(**dict(zip(self.keywords, args))) if self.keywords else self.model(*args)
+            if isinstance(outputs, torch.Tensor):  # a plain module's single output
+                return (outputs,)
             if isinstance(outputs, (tuple, list)):
                 return tuple(outputs[: len(self.output_names)])
             return tuple(outputs[name] if name in outputs else outputs[index]

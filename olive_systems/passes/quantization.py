@@ -62,7 +62,7 @@ class _Quantization(Pass):
             reduce_range=config["reduce_range"],
             weight_type=_quant_type(config["weight_type"]),
             op_types_to_quantize=config["op_types_to_quantize"],
-            nodes_to_exclude=_excluded_nodes(onnx.load(str(source), load_external_data=False), config),
+            nodes_to_exclude=_excluded_nodes(graph := onnx.load(str(source), load_external_data=False), config),
             extra_options=extra,
             # writes model.onnx.data beside the output (onnxruntime names it after the model file)
             use_external_data_format=external or source.stat().st_size > EXTERNAL_DATA_THRESHOLD,
@@ -72,11 +72,22 @@ class _Quantization(Pass):
         except PassError:
             raise
         except Exception as exc:
-            raise PassError(f"{type(self).__name__} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-                            "keep the failing nodes in float with nodes_to_exclude / op_types_to_exclude") from exc
+            text = " ".join(str(exc).split())[:400] or type(exc).__name__  # ONNX Runtime's detail is on its 2nd line
+            raise PassError(f"{type(self).__name__} failed: {text}", _quantization_fix(str(exc), graph, config)) from exc
 
     def quantize(self, model: ModelRef, config: dict, kwargs: dict, ctx: PassContext) -> None:
         raise NotImplementedError
+
+
+def _quantization_fix(text: str, graph, config: dict) -> str | None:
+    """A hint only where the error tells what is wrong; none is better than a wrong one."""
+    if "invalid dimensions" in text or "Invalid rank" in text:  # the calibration batches do not fit the model
+        data = config.get("data_config")
+        return (f"make data config '{data}' give the input shapes the model takes (max_length, padding: max_length), "
+                "or leave the model's shapes dynamic") if data else None
+    if any(node.name and node.name in text for node in graph.graph.node):  # it names the node it failed on
+        return "keep the failing nodes in float with nodes_to_exclude / op_types_to_exclude"
+    return None
 
 
 class OnnxDynamicQuantization(_Quantization):

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import itertools
-import os
-import statistics
 from pathlib import Path
 
 from ..models import ModelRef, copy_tree
-from ..ort import EXECUTION_MODES, create_session, dummy_feed, measure_latency
+from ..ort import EXECUTION_MODES, create_session, dummy_feed
 from .base import Pass, PassContext
+from .session_tuning_options import (OPTIONS_SCHEMA, candidate_settings, decode_step_feed, describe, make_runner,
+                                     tuned_providers, with_required_options, write_profile)
+from .tuning_choice import DEFAULT, MEASURING_SCHEMA, choose, default_settings
 
 
 class OrtSessionParamsTuning(Pass):
@@ -26,34 +26,67 @@ class OrtSessionParamsTuning(Pass):
                                 "default": ["ORT_SEQUENTIAL"]},
         "opt_level_list": {"type": "array", "items": {"enum": [0, 1, 2, 99]}, "default": [99]},
         "warmup_num": {"type": "integer", "minimum": 0, "default": 5},
-        "test_num": {"type": "integer", "minimum": 1, "default": 30},
+        "test_num": {"type": ["integer", "null"], "minimum": 1, "default": None,
+                     "description": "at most this many timed calls per setting and shape; null: as budget_s allows"},
+        **MEASURING_SCHEMA,  # workload, budget_s, precision, busy_cores
+        **OPTIONS_SCHEMA,  # providers_list, io_bind, cuda graph, TensorRT fp16, extra config, profiling, KV cache
     }
 
     def run(self, model: ModelRef, config: dict, out_dir: Path, ctx: PassContext) -> ModelRef:
-        ep = ctx.accelerator.execution_provider
-        threads = config["intra_op_thread_num_list"] or sorted({1, os.cpu_count() or 1})
+        providers = tuned_providers(config, ctx.accelerator.execution_provider)  # refusals before any session
+        if config["predict_with_kv_cache"] and config["data_config"]:
+            from ..errors import PassError
+
+            raise PassError("predict_with_kv_cache times a decode step on dummy inputs, and data_config names data",
+                            "drop one of them")
         feed = None
         if config["data_config"]:
             feed = ctx.load_data(config["data_config"], model).inputs[0]
-        results = []
-        for intra, inter, mode, level in itertools.product(
-            threads, config["inter_op_thread_num_list"], config["execution_mode_list"], config["opt_level_list"]
-        ):
-            settings = {
-                "execution_provider": [[ep, {}]],
-                "session_options": {"intra_op_num_threads": intra, "inter_op_num_threads": inter,
-                                    "execution_mode": EXECUTION_MODES[mode], "graph_optimization_level": level},
-            }
-            session = create_session(model.onnx_path, settings, ep)
-            inputs = feed or dummy_feed(session, 1, config["dummy_sequence_length"])
-            times = measure_latency(lambda: session.run(None, inputs), config["warmup_num"], config["test_num"])
-            median_ms = statistics.median(times) * 1000
-            results.append((median_ms, settings))
-            ctx.log(f"intra={intra} inter={inter} {mode} level={level}: {median_ms:.2f} ms")
-        best_ms, best = min(results, key=lambda item: item[0])
+        # Every setting and ONNX Runtime's default, timed interleaved on every shape (tuning_choice).
+        target = ctx.accelerator.execution_provider
+        grid = [(describe(settings), settings) for settings in candidate_settings(config, providers)]
+        arms = {}
+        for name, settings in [(DEFAULT, with_required_options(default_settings(target), config)), *grid]:
+            session = create_session(model.onnx_path, settings, settings["execution_provider"][0][0])
+            arms[name] = (settings, lambda inputs, session=session, settings=settings: make_runner(
+                session, inputs, settings, model.onnx_path))
+            if name == DEFAULT:
+                reference_session = session
+        shapes = _shapes(config, feed, reference_session)
+        choice = choose(arms, shapes, config, ctx.log)
+        for record in choice.records:
+            ctx.log(f"{record['setting']}: {record['median_ms']:.2f} ms, {record['ratio']:.3f}x the default "
+                    f"[{record['ratio_interval'][0]:.3f}, {record['ratio_interval'][1]:.3f}]"
+                    + (f" ({record['verdict']})" if "verdict" in record else ""))
+        ctx.log(choice.reason)
+        best, inputs = choice.settings, shapes[0]["feed"]
         copy_tree(Path(model.path), out_dir)  # same model; only the inference settings change
-        return model.relocated(
-            out_dir,
-            inference_settings=best,
-            attributes={**model.attributes, "tuning": [{"median_ms": round(ms, 3), **s["session_options"]} for ms, s in results]},
-        )
+        attributes = {**model.attributes, "tuning": [
+            {**record, "execution_provider": arms[record["setting"]][0]["execution_provider"][0][0],
+             "io_bind": arms[record["setting"]][0]["io_bind"], **arms[record["setting"]][0]["session_options"]}
+            for record in choice.records], "tuning_decision": {"reason": choice.reason, "others_cpu": choice.others_cpu}}
+        if config["enable_profiling"]:
+            profile = write_profile(model.onnx_path, best, inputs, out_dir)
+            attributes["profile"] = profile.name
+            ctx.log(f"profile of the fastest setting: {profile.name}")
+        return model.relocated(out_dir, inference_settings=best, attributes=attributes)
+
+
+def _shapes(config: dict, feed: dict | None, session) -> list[dict]:
+    """The shapes to time, each with its feed: the workload's, else the data config's one feed, else
+    batch 1 x dummy_sequence_length (a decode step after that many tokens with predict_with_kv_cache)."""
+    from ..workload import normalized, shape_feed
+
+    def dummy(batch, length):
+        if config["predict_with_kv_cache"]:
+            return decode_step_feed(session, batch, length)
+        return dummy_feed(session, batch, length)
+
+    if config.get("workload"):
+        names = [arg.name for arg in session.get_inputs()]
+        return [{**shape, "feed": shape_feed(feed, names, shape, dummy)} for shape in normalized(config["workload"])]
+    if feed is not None:
+        first = next(iter(feed.values()))
+        return [{"batch_size": int(first.shape[0]), "sequence_length": int(first.shape[-1]), "weight": 1, "feed": feed}]
+    length = config["dummy_sequence_length"]
+    return [{"batch_size": 1, "sequence_length": length, "weight": 1, "feed": dummy(1, length)}]

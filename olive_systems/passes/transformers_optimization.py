@@ -14,11 +14,69 @@ FUSED_OPS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "Embed
              "BiasGelu", "FastGelu", "Gelu", "LayerNormalization", "SkipSimplifiedLayerNormalization")
 
 
+# config.json model_type -> the onnxruntime.transformers optimizer's model type whose fusions fit it.
+# Encoders of BERT's shape take the bert fusions (tested to fuse fully: distilbert, roberta; a
+# family whose attention differs, such as DeBERTa's, fuses partly, which the pass reports).
+OPTIMIZER_MODEL_TYPES = {
+    **{family: "bert" for family in ("bert", "distilbert", "roberta", "xlm-roberta", "camembert", "albert", "electra",
+                                     "deberta", "deberta-v2", "mpnet", "ernie", "data2vec-text")},
+    **{family: "bart" for family in ("bart", "mbart", "marian", "whisper")},
+    **{family: "gpt2" for family in ("gpt2", "gptj", "gpt-j", "opt", "codegen")},
+    "gpt_neox": "gpt_neox", "t5": "t5", "mt5": "t5", "vit": "vit", "deit": "vit", "swin": "swin", "clip": "clip",
+    "phi": "phi", "qwen3": "qwen3", "sam2": "sam2",
+}
+
+
+def optimizer_model_type(configured: str | None, hf_config: dict) -> str:
+    """The optimizer's model type: the pass's model_type, else config.json's model_type mapped to
+    the optimizer family that fuses it. One error naming the fix when neither gives one."""
+    from onnxruntime.transformers.optimizer import MODEL_TYPES
+
+    if configured:
+        if configured not in MODEL_TYPES:
+            raise PassError(f"model_type '{configured}' is not a model type of the onnxruntime.transformers optimizer",
+                            f"use one of {sorted(MODEL_TYPES)}, or leave model_type out to read it from config.json")
+        return configured
+    family = hf_config.get("model_type")
+    if not family:
+        raise PassError("the model folder has no config.json with a model_type, so the fusions to apply are unknown",
+                        f"set the pass's model_type to one of {sorted(MODEL_TYPES)}")
+    if family in MODEL_TYPES:
+        return family
+    if family not in OPTIMIZER_MODEL_TYPES:
+        raise PassError(f"config.json model_type '{family}' is not a family the onnxruntime.transformers optimizer fuses",
+                        f"set the pass's model_type to the optimizer type of the same architecture "
+                        f"(one of {sorted(MODEL_TYPES)}; bert for BERT-like encoders)")
+    return OPTIMIZER_MODEL_TYPES[family]
+
+
+def _head_count(hf_config: dict) -> int:
+    """Attention heads under the name each family's config.json uses (0: let the optimizer detect)."""
+    return int(next((hf_config[k] for k in ("num_attention_heads", "n_heads", "n_head", "encoder_attention_heads")
+                     if hf_config.get(k)), 0))
+
+
+def _unfused_fix(config: dict, hf_config: dict) -> str:
+    """Blame num_heads / hidden_size only where the pass set them against config.json."""
+    wrong = [f"{key} {config[key]} (config.json: {actual})" for key, actual in
+             (("num_heads", _head_count(hf_config)), ("hidden_size", _hidden_size(hf_config)))
+             if config[key] and actual and config[key] != actual]
+    if wrong:
+        return f"the pass sets {', '.join(wrong)}: leave them at 0 to read config.json"
+    return ("the optimizer did not recognise this export's attention subgraph; set require_attention_fusion: false "
+            "to keep the partly fused model")
+
+
+def _hidden_size(hf_config: dict) -> int:
+    return int(next((hf_config[k] for k in ("hidden_size", "dim", "n_embd", "d_model") if hf_config.get(k)), 0))
+
+
 class OrtTransformersOptimization(Pass):
     description = "Fuse attention, layer norm and GELU subgraphs with onnxruntime.transformers.optimizer."
     config_schema = {
         "model_type": {"type": ["string", "null"], "default": None,
-                       "description": "bert, gpt2, ...; null reads it from the model's config.json"},
+                       "description": "the optimizer's bert, gpt2, bart, t5, ...; null maps config.json's model_type "
+                                      "to it (distilbert, roberta, xlm-roberta, ... fuse as bert)"},
         "num_heads": {"type": "integer", "minimum": 0, "default": 0, "description": "0: read from config.json"},
         "hidden_size": {"type": "integer", "minimum": 0, "default": 0, "description": "0: read from config.json"},
         "opt_level": {"enum": [0, 1, 2, 99], "default": 0},
@@ -36,7 +94,7 @@ class OrtTransformersOptimization(Pass):
         from onnxruntime.transformers.optimizer import optimize_model
 
         hf_config = _read_hf_config(Path(model.path))
-        model_type = config["model_type"] or hf_config.get("model_type", "bert")
+        model_type = optimizer_model_type(config["model_type"], hf_config)
         options = FusionOptions(model_type)
         for key, value in config["optimization_options"].items():
             if not hasattr(options, key):
@@ -45,8 +103,8 @@ class OrtTransformersOptimization(Pass):
         optimized = optimize_model(
             str(model.onnx_path),
             model_type=model_type,
-            num_heads=config["num_heads"] or hf_config.get("num_attention_heads", 0),
-            hidden_size=config["hidden_size"] or hf_config.get("hidden_size", 0),
+            num_heads=config["num_heads"] or _head_count(hf_config),
+            hidden_size=config["hidden_size"] or _hidden_size(hf_config),
             opt_level=config["opt_level"],
             optimization_options=options,
             use_gpu=config["use_gpu"],
@@ -60,7 +118,7 @@ class OrtTransformersOptimization(Pass):
         if not counts.get("Attention") and not counts.get("MultiHeadAttention"):
             message = f"partial fusion: no Attention node fused ({model_type}, {len(optimized.model.graph.node)} nodes left)"
             if config["require_attention_fusion"]:
-                raise PassError(message, "check num_heads/hidden_size or the exporter (transformers 4.57 fuses fully)")
+                raise PassError(message, _unfused_fix(config, hf_config))
             ctx.log("warning: " + message)
         node_count = len(optimized.model.graph.node)
         optimized.topological_sort()  # what save_model_to_file does before it saves

@@ -1,4 +1,4 @@
-"""The seed's workflow functions: capture_onnx_graph, quantize, auto_opt and finetune.
+"""The seed's workflow functions: capture_onnx_graph, quantize, auto_opt, finetune, generate_adapter and tune_session_params.
 
 Each builds a recipe dict from its arguments (refusing, before any work, what olive-systems cannot
 honour) and runs it through the one engine, olive_systems.api.run. The command line has one
@@ -13,8 +13,10 @@ from typing import Callable
 from .adapters import convert_adapters, extract_adapters, generate_adapter
 from .auto import auto_opt
 from .capture import capture_onnx_graph
+from .cost_model import generate_cost_model
 from .finetune import finetune
 from .quantization import quantize
+from .session_tuning import tune_session_params
 
 WORKFLOWS: dict[str, Callable] = {
     "capture_onnx_graph": capture_onnx_graph,
@@ -22,11 +24,13 @@ WORKFLOWS: dict[str, Callable] = {
     "auto_opt": auto_opt,
     "finetune": finetune,
     "generate_adapter": generate_adapter,
+    "tune_session_params": tune_session_params,
 }
 # Utility functions: they write files directly (no recipe, no WorkflowOutput) and return the path written.
 UTILITIES: dict[str, Callable] = {
     "convert_adapters": convert_adapters,
     "extract_adapters": extract_adapters,
+    "generate_cost_model": generate_cost_model,
 }
 
 __all__ = [*WORKFLOWS, *UTILITIES, "WORKFLOWS", "UTILITIES", "build_recipe"]

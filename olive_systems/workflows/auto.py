@@ -101,7 +101,7 @@ def auto_opt(
         output_path: Output folder of the run.
         device: Target device.
         provider: Target execution provider, e.g. CPUExecutionProvider, CUDAExecutionProvider, OpenVINOExecutionProvider.
-        memory: Accelerator memory limit. Not supported: refused.
+        memory: Accelerator memory in bytes: with cost_model, the most weight bytes of one split part.
         data_name: Evaluation dataset (a dataset name or folder, or csv/json/parquet/text with data_files).
         split: Split of the dataset.
         subset: Subset (configuration) of the dataset.
@@ -113,8 +113,8 @@ def auto_opt(
         use_qdq_encoding: int8/uint8 of non-decoder tasks: static quantization with QDQ nodes, calibrated on the dataset.
         dynamic_to_fixed_shape_dim_param: Symbolic dimensions to fix after the export, e.g. batch_size sequence_length.
         dynamic_to_fixed_shape_dim_value: Their sizes, in the same order.
-        num_splits: Split the model into this many parts. Not supported: refused.
-        cost_model: Cost model csv for splitting. Not supported: refused.
+        num_splits: Split the ONNX model into this many parts that run in a chain (SplitModel, the last pass).
+        cost_model: Cost model CSV (generate_cost_model) to split by, into parts of at most memory bytes.
         mixed_precision_overrides_config: Per-node precisions. Not supported: refused.
         use_ort_genai: Make a folder onnxruntime-genai runs (decoder tasks; both exporters write one).
         enable_search: Search the settings of the last searchable pass: random, sequential (every point) or tpe.
@@ -139,8 +139,8 @@ def auto_opt(
 
 
 def build(args: dict) -> dict:
-    refuse_unhonoured(args, ("adapter_path", "model_script", "script_dir", "memory", "num_splits", "cost_model",
-                             "mixed_precision_overrides_config"))
+    refuse_unhonoured(args, ("adapter_path", "model_script", "script_dir", "mixed_precision_overrides_config"))
+    split = _split_config(args)
     device, provider, task = args["device"], args["provider"], args["task"]
     if not str(provider).endswith("ExecutionProvider"):
         refuse("provider", provider, "is not the name of an execution provider",
@@ -188,6 +188,8 @@ def build(args: dict) -> dict:
         passes["fusion"] = {"type": "OrtTransformersOptimization", "config": {"use_gpu": True} if device == "gpu" else {}}
     if not use_builder:
         passes.update(precision_pass)
+    if split:  # the parts run in a chain; no pass takes them, so it goes last
+        passes["split"] = {"type": "SplitModel", "config": split}
     engine["evaluator"] = "auto"
     if args["enable_search"]:
         _search_spaces(passes, args["enable_search"])
@@ -257,6 +259,23 @@ def _fusable(model: dict) -> bool:
     from onnxruntime.transformers.optimizer import MODEL_TYPES
 
     return model_type in MODEL_TYPES
+
+
+def _split_config(args: dict) -> dict | None:
+    """SplitModel's settings: num_splits, or cost_model with memory (the seed's two exclusive ways)."""
+    if args["num_splits"] and args["cost_model"]:
+        refuse("cost_model", args["cost_model"], "and num_splits are two ways to split", "give one of them")
+    if args["cost_model"] and not args["memory"]:
+        refuse("cost_model", args["cost_model"], "packs modules into parts of at most memory bytes, and memory is not set",
+               "add memory (the accelerator's memory in bytes)")
+    if args["memory"] and not args["cost_model"]:
+        refuse("memory", args["memory"], "is the budget of a split by cost_model, and cost_model is not set",
+               "add cost_model (olive-systems generate-cost-model writes one), or drop memory")
+    if (args["num_splits"] or args["cost_model"]) and args["use_ort_genai"]:
+        refuse("use_ort_genai", True, "onnxruntime-genai runs one model, not split parts", "drop use_ort_genai or the split")
+    if args["cost_model"]:
+        return {"cost_model": str(Path(args["cost_model"]).expanduser().resolve()), "memory": args["memory"]}
+    return {"num_splits": args["num_splits"]} if args["num_splits"] else None
 
 
 def _search_spaces(passes: dict, algorithm: str) -> None:

@@ -43,7 +43,7 @@ def capture_onnx_graph(
     enable_cuda_graph: bool = False,
     cache_dir: str = ".olive-cache",
 ) -> WorkflowOutput:
-    """Capture the ONNX graph of a Hugging Face model.
+    """Capture the ONNX graph of a Hugging Face model, or of the PyTorch module a model_script builds.
 
     One pass: OnnxConversion (torch.onnx.export; decoder tasks get their KV-cache inputs and
     outputs), or ModelBuilder (onnxruntime-genai's builder, decoder tasks) when use_model_builder is
@@ -51,12 +51,14 @@ def capture_onnx_graph(
     The run gives one candidate, not evaluated.
 
     Args:
-        model_name_or_path: Hugging Face model folder or Hub name, or a .gguf file.
+        model_name_or_path: Hugging Face model folder or Hub name, or a .gguf file; with model_script, the weights
+            file or folder its _model_loader reads.
         task: Task the model is loaded for (text-generation-with-past, text-generation, feature-extraction, ...).
         trust_remote_code: Run the model repository's own code when loading it.
         adapter_path: PEFT adapter to apply first. Not supported: refused.
-        model_script: Script defining a PyTorch model. Not supported: refused.
-        script_dir: Folder of model_script. Not supported: refused.
+        model_script: Script building a PyTorch model: it defines _model_loader(model_name_or_path) -> torch.nn.Module,
+            _io_config(model) -> {input_names, output_names, dynamic_axes, input_shapes} and optionally _dummy_inputs(model).
+        script_dir: Folder put on sys.path for model_script's own imports.
         output_path: Output folder of the run.
         conversion_device: Device the export runs on; only cpu.
         use_ort_genai: Make a folder onnxruntime-genai runs (decoder tasks; both exporters write one).
@@ -85,7 +87,10 @@ def capture_onnx_graph(
 
 
 def build(args: dict) -> dict:
-    refuse_unhonoured(args, ("adapter_path", "model_script", "script_dir"))
+    refuse_unhonoured(args, ("adapter_path",))
+    if args["script_dir"] and not args["model_script"]:
+        refuse("script_dir", args["script_dir"], "is the folder of a model_script, and model_script is not set",
+               "add model_script, or drop script_dir")
     if args["conversion_device"] != "cpu":
         refuse("conversion_device", args["conversion_device"], "the export runs on the host's CPU",
                "drop conversion_device (the exported model runs on any device)")
@@ -94,6 +99,15 @@ def build(args: dict) -> dict:
     check_genai(args)
     name, entry = export_pass(args, use_builder)
     engine = engine_section(args)
+    if args["model_script"]:  # a PyTorch model its script builds (pytorch_model.py)
+        from ..pytorch_model import script_input_model
+
+        if use_builder:
+            refuse("use_model_builder", True, "Model Builder builds Hugging Face decoders, not a script's module",
+                   "drop use_model_builder")
+        return {"description": f"olive-systems capture_onnx_graph: {args['model_script']}",
+                "input_model": script_input_model(args["model_script"], args["script_dir"], args["model_name_or_path"]),
+                "passes": {name: entry}, "pass_flows": [[name]], "engine": engine}
     model = input_model(args["model_name_or_path"], args["task"], args["trust_remote_code"])  # may download: refusals first
     if model["type"] != "HfModel":
         refuse("model_name_or_path", args["model_name_or_path"], "is already an ONNX model",

@@ -1,0 +1,130 @@
+"""Issue 14's figures for the workload: recipes/bert_ptq_workload.yaml (the structure space, ranked
+by the 1x128 / 8x128 / 1x384 workload) from an empty cache, then an exhaustive sweep of every
+variant it made, each shape timed with all variants interleaved against the FP32 export in this
+one process (ratios within the same run, with 95% intervals).
+
+Per shape it prints the FP32 export's p50 (and throughput), the candidate olive-systems ranks first
+at that shape (latency-p50.by_shape[shape].rank == 1), its ratio to the FP32 export and fidelity,
+and the best variant of the sweep (fidelity >= 0.99). Targets: first-ranked <= 0.50x at fidelity
+>= 0.99, and within 3% of the sweep's best. Also: the cold run's wall time and the torch input
+model's timing step (target <= 10 s).
+
+    python benchmarks/workload.py [--sweep-budget-s 60] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+RECIPE = REPO / "recipes" / "bert_ptq_workload.yaml"
+FIDELITY = "fidelity-cosine_mean"
+
+
+def line(name: str, value: str, target: str, ok: bool) -> None:
+    print(f"{'PASS' if ok else 'MISS'}  {name:<58} {value:<30} target {target}")
+
+
+def feeds_for(folder: Path, shapes: list[dict]) -> dict:
+    """Real tokens (a calibration sentence) repeated to each shape, as the evaluator feeds them."""
+    import csv
+
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from olive_systems.workload import shape_feed, shape_name
+
+    with open(REPO / "recipes" / "data" / "calibration_sentences.csv") as f:
+        text = next(csv.DictReader(f))["text"]
+    encoded = AutoTokenizer.from_pretrained(folder)(text, return_tensors="np")
+    base = {name: np.asarray(value, dtype=np.int64) for name, value in encoded.items()}
+    return {shape_name(s): shape_feed(base, list(base), s, None) for s in shapes}
+
+
+def sweep(models: list, shapes: list[dict], budget_s: float) -> dict:
+    """shape -> Measurement of every model interleaved with the FP32 export ("conversion")."""
+    from olive_systems.measure import compare
+    from olive_systems.ort import create_session
+    from olive_systems.workload import shape_name
+
+    sessions = {m.model_id: create_session(Path(m.model_path), m.get_inference_config(), "CPUExecutionProvider")
+                for m in models}
+    feeds = feeds_for(Path(next(m for m in models if m.model_id == "conversion").model_path).parent, shapes)
+    found = {}
+    for shape in shapes:
+        label = shape_name(shape)
+        names = {i.name for i in sessions["conversion"].get_inputs()}
+        feed = {k: v for k, v in feeds[label].items() if k in names}
+        arms = {model_id: (lambda s=session: s.run(None, feed)) for model_id, session in sessions.items()}
+        print(f"sweep {label}: {len(arms)} variants interleaved, up to {budget_s:g} s", flush=True)
+        found[label] = compare(arms, "conversion", budget_s, warmup_num=5, precision=0.01)
+    return found
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sweep-budget-s", type=float, default=60.0, help="seconds of interleaved timing per shape")
+    parser.add_argument("--keep", type=Path, help="keep the output and cache here (a rerun is warm)")
+    args = parser.parse_args()
+    import olive_systems
+    from olive_systems.recipe import load_recipe
+    from olive_systems.workload import shape_name
+
+    root = args.keep or Path(tempfile.mkdtemp(prefix="workload-bench-"))
+    try:
+        started = time.perf_counter()
+        output = olive_systems.run(str(RECIPE), output_dir=root / "out", cache_dir=root / "cache")
+        wall = time.perf_counter() - started
+        shapes = load_recipe(RECIPE)["workload"]
+        input_timing = [s for s in output.steps if s["step"] == "timing" and s["name"] == "input model"]
+        print(f"bert_ptq_workload run: {wall:.1f} s wall, {len(output.get_output_models())} candidates, "
+              f"{len(output.failures)} failures")
+        if input_timing:
+            seconds = input_timing[0]["seconds"]
+            line("timing the torch input model (s)", f"{seconds:.1f}" + (" (cached)" if input_timing[0]["cached"] else ""),
+                 "<= 10", seconds <= 10)
+        models = [m for m in output.get_output_models() if m.model_type == "onnxmodel"]
+        measured = sweep(models, shapes, args.sweep_budget_s)
+        for shape in shapes:
+            label = shape_name(shape)
+            by_id = {m.model_id: m for m in models}
+            fp32 = by_id["conversion"].metrics["latency-p50"]["by_shape"][label]
+            first = next(m for m in models if m.metrics["latency-p50"]["by_shape"][label].get("rank") == 1)
+            m = measured[label]
+            fp32_ms = m.interval("conversion")[0] * 1000
+            ratios = {model_id: m.ratio(model_id) for model_id in by_id if model_id != "conversion"}
+            good = {k: v for k, v in ratios.items() if by_id[k].metrics[FIDELITY]["value"] >= 0.99}
+            best_id = min(good, key=lambda k: good[k][0]) if good else None
+            print(f"\n== {label} (weight {shape['weight']}) ==")
+            print(f"FP32 export p50 {fp32_ms:.2f} ms ({shape['batch_size'] * 1000 / fp32_ms:.1f} samples/s) in the sweep; "
+                  f"{fp32['value']:.2f} ms [{fp32['interval'][0]:.2f}, {fp32['interval'][1]:.2f}] in the run")
+            for model_id, (ratio, low, high) in sorted(ratios.items(), key=lambda kv: kv[1][0]):
+                engine = by_id[model_id].metrics["latency-p50"]["by_shape"][label]
+                print(f"   {model_id:<48} x{ratio:.3f} [{low:.3f}, {high:.3f}]  fidelity "
+                      f"{by_id[model_id].metrics[FIDELITY]['value']:.5f}  run: {engine['value']:.2f} ms rank {engine.get('rank')}")
+            if first.model_id == "conversion":
+                line(f"{label}: first-ranked is the FP32 export", first.model_id, "an INT8 candidate", False)
+                continue
+            ratio, low, high = ratios[first.model_id]
+            fidelity = first.metrics[FIDELITY]["value"]
+            print(f"first-ranked {first.model_id}; sweep best {best_id}")
+            line(f"{label}: first-ranked / FP32 export (p50 time)", f"{ratio:.3f} [{low:.3f}, {high:.3f}]", "<= 0.50",
+                 ratio <= 0.50)
+            line(f"{label}: its fidelity (mean cosine)", f"{fidelity:.5f}", ">= 0.99", fidelity >= 0.99)
+            if best_id:
+                gap = ratio / good[best_id][0] - 1
+                line(f"{label}: first-ranked vs sweep's best ({best_id})", f"{gap:+.1%}", "<= +3%", gap <= 0.03)
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""Timing that survives a noisy machine.
+
+A busy neighbour makes every call slower while it runs; timing one model, then another, compares
+two different machines. So the comparisons that decide something (a candidate against its
+reference, a session setting against the default) run *interleaved* in one process: each round
+runs a short block of calls of every arm, in a shuffled order, so load that comes and goes falls
+on all arms alike. Rounds go on until the answer is resolved or the time budget is spent:
+
+- an arm's ratio to the reference is resolved when its confidence interval clears 1 (one is
+  faster) or lies within `precision` of the estimate (they are the same to that precision);
+- a lone arm (measure()) is resolved when its median is known to `precision`.
+
+Intervals are percentile-bootstrap intervals that resample whole rounds, and for a ratio the same
+rounds of both arms together, so drift between rounds widens the interval instead of biasing it.
+
+Load that stays for the whole measurement cannot be interleaved away: `others_cpu` records how
+many cores other processes used meanwhile, so a caller can refuse to trust a thread-count decision
+made on a busy machine.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+DEFAULT_CONFIDENCE = 0.95
+DEFAULT_PRECISION = 0.02  # relative half-width at which a measurement counts as resolved
+BLOCK_S = 0.05  # seconds of calls per arm per round: short blocks interleave load finely
+MAX_BLOCK = 20
+MIN_ROUNDS = 5
+CHECK_RESAMPLES = 300  # bootstrap resamples while deciding whether to go on
+FINAL_RESAMPLES = 1000
+
+
+@dataclass
+class Arm:
+    """One thing being timed: its calls, round by round (each round a block of equal size)."""
+
+    name: str
+    run: Callable[[], object]
+    block: int = 1
+    rounds: list[list[float]] = field(default_factory=list)
+
+    def matrix(self) -> np.ndarray:
+        """[rounds, block] seconds."""
+        return np.asarray(self.rounds, dtype=np.float64).reshape(len(self.rounds), self.block)
+
+    @property
+    def samples(self) -> list[float]:
+        return [t for block in self.rounds for t in block]
+
+
+def bootstrap(matrix: np.ndarray, stat: Callable[[np.ndarray], np.ndarray], confidence: float = DEFAULT_CONFIDENCE,
+              resamples: int = FINAL_RESAMPLES, seed: int = 0) -> tuple[float, float, float]:
+    """(estimate, low, high) of stat over a [rounds, calls] matrix, resampling whole rounds.
+    stat takes a [resamples, n] array and returns one value per row."""
+    rounds = matrix.shape[0]
+    estimate = float(stat(matrix.reshape(1, -1))[0])
+    if rounds < 2:
+        return estimate, estimate, estimate
+    index = np.random.default_rng(seed).integers(0, rounds, size=(resamples, rounds))
+    values = stat(matrix[index].reshape(resamples, -1))
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return estimate, float(low), float(high)
+
+
+def ratio_interval(numerator: np.ndarray, denominator: np.ndarray, confidence: float = DEFAULT_CONFIDENCE,
+                   resamples: int = FINAL_RESAMPLES, seed: int = 0, q: float = 50) -> tuple[float, float, float]:
+    """(ratio, low, high) of the q-th percentiles of two [rounds, calls] matrices timed in the same
+    rounds: the same rounds of both are resampled together (a paired bootstrap)."""
+    rounds = min(len(numerator), len(denominator))
+    numerator, denominator = numerator[:rounds], denominator[:rounds]
+    ratio = float(np.percentile(numerator, q) / np.percentile(denominator, q))
+    if rounds < 2:
+        return ratio, ratio, ratio
+    index = np.random.default_rng(seed).integers(0, rounds, size=(resamples, rounds))
+    top = np.percentile(numerator[index].reshape(resamples, -1), q, axis=1)
+    bottom = np.percentile(denominator[index].reshape(resamples, -1), q, axis=1)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(top / bottom, [tail, 100 - tail])
+    return ratio, float(low), float(high)
+
+
+def resolved_ratio(ratio: float, low: float, high: float, precision: float) -> bool:
+    """The difference is known: one side is faster beyond the interval, or both are equal to `precision`."""
+    return high < 1 or low > 1 or (high / ratio - 1 <= precision and 1 - low / ratio <= precision)
+
+
+def percentile_stat(q: float) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda rows: np.percentile(rows, q, axis=1)
+
+
+def mean_stat(rows: np.ndarray) -> np.ndarray:
+    return rows.mean(axis=1)
+
+
+@dataclass
+class Measurement:
+    """What compare() / measure() found: every arm's calls, and how the measuring ended."""
+
+    arms: dict[str, Arm]
+    reference: str | None
+    seconds: float
+    stopped: str  # "resolved", "budget" or "max_calls"
+    others_cpu: float | None  # cores other processes kept busy meanwhile (None: not known here)
+    confidence: float = DEFAULT_CONFIDENCE
+
+    @property
+    def rounds(self) -> int:
+        return min((len(arm.rounds) for arm in self.arms.values()), default=0)
+
+    def interval(self, name: str, stat: Callable[[np.ndarray], np.ndarray] = percentile_stat(50),
+                 resamples: int = FINAL_RESAMPLES) -> tuple[float, float, float]:
+        """(estimate, low, high) in seconds of a statistic of one arm's calls (default: the median)."""
+        return bootstrap(self.arms[name].matrix(), stat, self.confidence, resamples)
+
+    def ratio(self, name: str, resamples: int = FINAL_RESAMPLES) -> tuple[float, float, float]:
+        """(ratio, low, high) of an arm's median to the reference's median (< 1: the arm is faster)."""
+        if self.reference is None:
+            raise ValueError("a lone measurement has no reference to compare with")
+        return ratio_interval(self.arms[name].matrix(), self.arms[self.reference].matrix(), self.confidence, resamples)
+
+    def summary(self) -> dict:
+        """A JSON-ready record: per arm the median (ms) and its interval, and the ratio to the reference."""
+        arms = {}
+        for name in self.arms:
+            median, low, high = self.interval(name)
+            entry = {"median_ms": round(median * 1000, 4), "interval_ms": [round(low * 1000, 4), round(high * 1000, 4)],
+                     "calls": len(self.arms[name].samples)}
+            if self.reference is not None and name != self.reference:
+                ratio, r_low, r_high = self.ratio(name)
+                entry.update(ratio=round(ratio, 4), ratio_interval=[round(r_low, 4), round(r_high, 4)])
+            arms[name] = entry
+        return {"arms": arms, "reference": self.reference, "rounds": self.rounds, "seconds": round(self.seconds, 3),
+                "stopped": self.stopped, "confidence": self.confidence,
+                "others_cpu": None if self.others_cpu is None else round(self.others_cpu, 3)}
+
+
+class _CpuWatch:
+    """Cores other processes used over a span of wall time (Linux /proc/stat; None elsewhere)."""
+
+    def __init__(self):
+        self.start = self._read()
+
+    @staticmethod
+    def _read():
+        try:
+            with open("/proc/stat") as f:
+                fields = [float(v) for v in f.readline().split()[1:]]
+        except OSError:
+            return None
+        ticks = os.sysconf("SC_CLK_TCK")
+        busy = (sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)) / ticks  # minus idle and iowait
+        own = os.times()
+        return busy, own.user + own.system, time.perf_counter()
+
+    def others(self) -> float | None:
+        end = self._read()
+        if self.start is None or end is None or end[2] - self.start[2] <= 0:
+            return None
+        busy, own, wall = (e - s for e, s in zip(end, self.start))
+        return max(0.0, (busy - own) / wall)
+
+
+def compare(arms: dict[str, Callable[[], object]], reference: str | None, budget_s: float, *,
+            warmup_num: int = 5, max_calls: int | None = None, precision: float = DEFAULT_PRECISION,
+            confidence: float = DEFAULT_CONFIDENCE, min_rounds: int = MIN_ROUNDS,
+            on_progress: Callable[[str], None] | None = None, seed: int = 0, pause_s: float = 0.0) -> Measurement:
+    """Time the arms interleaved until every ratio to `reference` is resolved (or, with one arm and
+    no reference, until its median is known to `precision`), the budget is spent, or an arm has made
+    max_calls timed calls. Warm-up is part of the budget (at most a fifth of it). pause_s: a sleep
+    after each timed call, not timed."""
+    if reference is not None and reference not in arms:
+        raise ValueError(f"reference '{reference}' is not one of the arms {sorted(arms)}")
+    started = time.perf_counter()
+    watch = _CpuWatch()
+    order = random.Random(seed)
+    timed = {name: Arm(name, run) for name, run in arms.items()}
+    warm_until = started + budget_s / 5
+    if on_progress:
+        on_progress(f"timing {', '.join(timed)}: warming up ({budget_s:g} s budget)")
+    warm: dict[str, float] = {}  # an arm's last warm-up call, if it was not its first (a cold call)
+    for arm in timed.values():  # warm-up; its last call sizes the arm's block
+        last = _call(arm.run)
+        for _ in range(max(warmup_num - 1, 0)):
+            if time.perf_counter() > warm_until:
+                break
+            last = warm[arm.name] = _call(arm.run)
+        arm.block = max(1, min(MAX_BLOCK, int(BLOCK_S / max(last, 1e-6))))
+        if max_calls:
+            arm.block = min(arm.block, max(1, max_calls // min_rounds))
+    stopped, last_report, round_s = "budget", started, 0.0
+    if time.perf_counter() - started >= budget_s:
+        # Calls slower than the budget: one warm call each is all there is time for (the last
+        # warm-up call where there was one, else one more call: never a cold first call).
+        for arm in timed.values():
+            arm.block = 1
+            arm.rounds.append([warm[arm.name] if arm.name in warm else _call(arm.run, pause_s)])
+    while time.perf_counter() - started < budget_s:
+        began = time.perf_counter()
+        names = list(timed)
+        order.shuffle(names)
+        for name in names:
+            arm = timed[name]
+            arm.rounds.append([_call(arm.run, pause_s) for _ in range(arm.block)])
+        now = time.perf_counter()
+        round_s = max(round_s * 0.7, now - began)  # a pessimistic estimate of the next round
+        rounds = len(next(iter(timed.values())).rounds)
+        if on_progress and now - last_report >= 1.0:
+            last_report = now
+            on_progress(f"timing {', '.join(timed)}: round {rounds}, {now - started:.1f} s of {budget_s:g} s")
+        if max_calls and any(len(arm.samples) + arm.block > max_calls for arm in timed.values()):
+            stopped = "max_calls"
+            break
+        if rounds >= min_rounds and _resolved(timed, reference, precision, confidence):
+            stopped = "resolved"
+            break
+        if now - started + round_s > budget_s:
+            break
+    measurement = Measurement(timed, reference, time.perf_counter() - started, stopped, watch.others(), confidence)
+    if on_progress:
+        on_progress(f"timing {', '.join(timed)}: {measurement.rounds} rounds in {measurement.seconds:.1f} s ({stopped})")
+    return measurement
+
+
+def measure(run: Callable[[], object], budget_s: float, **options) -> Measurement:
+    """One arm alone, timed until its median is known to `precision` or the budget is spent."""
+    return compare({"model": run}, None, budget_s, **options)
+
+
+def _call(run: Callable[[], object], pause_s: float = 0.0) -> float:
+    start = time.perf_counter()
+    run()
+    seconds = time.perf_counter() - start
+    if pause_s:
+        time.sleep(pause_s)
+    return seconds
+
+
+def _resolved(arms: dict[str, Arm], reference: str | None, precision: float, confidence: float) -> bool:
+    if reference is None:
+        return all(_median_known(arm, precision, confidence) for arm in arms.values())
+    base = arms[reference].matrix()
+    for name, arm in arms.items():
+        if name != reference:
+            ratio, low, high = ratio_interval(arm.matrix(), base, confidence, CHECK_RESAMPLES)
+            if not resolved_ratio(ratio, low, high, precision):
+                return False
+    return True
+
+
+def _median_known(arm: Arm, precision: float, confidence: float) -> bool:
+    median, low, high = bootstrap(arm.matrix(), percentile_stat(50), confidence, CHECK_RESAMPLES)
+    return median > 0 and max(high - median, median - low) / median <= precision
+
+
+PROGRESS = "progress: "  # a job log line that starts with this (after any "name: " prefixes) is progress
+
+
+def progress_line(text: str) -> str:
+    """A log line the engine shows as a step's progress instead of a log line."""
+    return PROGRESS + text
+
+
+def progress_text(line: str) -> str | None:
+    """The progress in a job's log line (runners prefix lines with the pass name), or None."""
+    at = line.find(PROGRESS)
+    return line[at + len(PROGRESS):] if at >= 0 else None
+
+
+def weighted(values: list[float], weights: list[float]) -> float:
+    """The weighted mean: a workload's expected figure per request."""
+    total = sum(weights)
+    return sum(v * w for v, w in zip(values, weights)) / total if total else math.nan

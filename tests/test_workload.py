@@ -1,0 +1,309 @@
+"""Issue 14: the workload in the recipe, measurements that survive noise (olive_systems.measure),
+session tuning that keeps the default unless a setting wins beyond the interval, and the input
+model's timing cached like every step.
+
+The statistics and the choosing rules run on a fake clock (each call advances it by a known,
+noisy amount), so they are checked exactly and without timing assertions; the engine tests run
+real exports and sessions of a tiny BERT."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+
+import olive_systems
+from olive_systems import measure
+from olive_systems.errors import RecipeError
+from olive_systems.passes import tuning_choice
+from olive_systems.recipe import load_recipe
+
+from conftest import REPO, tiny_recipe
+
+WORKLOAD = [{"batch_size": 1, "sequence_length": 16, "weight": 3}, {"batch_size": 4, "sequence_length": 16, "weight": 1},
+            {"sequence_length": 32}]
+
+
+# ---- the workload in the recipe ----
+
+def test_bert_ptq_declares_the_three_shapes_and_hands_them_to_latency_and_tuning():
+    recipe = load_recipe(REPO / "recipes" / "bert_ptq.yaml")
+    shapes = [(s["batch_size"], s["sequence_length"]) for s in recipe["workload"]]
+    assert shapes == [(1, 128), (8, 128), (1, 384)]
+    latency = next(m for m in recipe["evaluators"]["common_evaluator"]["metrics"] if m["type"] == "latency")
+    assert [(s["batch_size"], s["sequence_length"]) for s in latency["workload"]] == shapes
+    assert all(s["weight"] > 0 for s in latency["workload"])
+    assert recipe["passes"]["tuning"]["config"]["workload"] == latency["workload"]
+    accuracy = next(m for m in recipe["evaluators"]["common_evaluator"]["metrics"] if m["type"] == "accuracy")
+    assert "workload" not in accuracy  # only timing metrics are shaped
+
+
+def test_a_workload_shape_gets_defaults_and_a_metric_may_declare_its_own(tiny_bert, tmp_path):
+    recipe = tiny_recipe(tiny_bert, tmp_path, workload=WORKLOAD)
+    own = [{"batch_size": 2, "sequence_length": 8}]
+    recipe["evaluators"]["common"]["metrics"].append(
+        {"name": "throughput", "type": "throughput", "sub_types": [{"name": "avg"}], "workload": own})
+    loaded = load_recipe(recipe)
+    latency, *_, throughput = loaded["evaluators"]["common"]["metrics"]
+    assert latency["workload"][2] == {"batch_size": 1, "weight": 1, "sequence_length": 32}
+    assert throughput["workload"] == [{"batch_size": 2, "weight": 1, "sequence_length": 8}]
+
+
+@pytest.mark.parametrize("shape, expected", [
+    ({"batch_size": 1}, "workload[0]"),                                    # neither a sequence nor a prompt
+    ({"sequence_length": 0}, "workload[0].sequence_length"),
+    ({"sequence_length": 16, "weight": 0}, "workload[0].weight"),
+    ({"sequence_length": 16, "batch": 4}, "unknown key 'batch'; did you mean 'batch_size'?"),
+])
+def test_a_bad_shape_is_one_clear_error(tiny_bert, tmp_path, shape, expected):
+    with pytest.raises(RecipeError) as error:
+        load_recipe(tiny_recipe(tiny_bert, tmp_path, workload=[shape]))
+    assert expected in str(error.value)
+
+
+def test_a_decoder_shape_given_to_a_latency_metric_is_refused_before_any_work(tiny_bert, tmp_path):
+    recipe = tiny_recipe(tiny_bert, tmp_path, workload=[{"prompt_tokens": 32, "new_tokens": 16}])
+    with pytest.raises(RecipeError) as error:
+        load_recipe(recipe)
+    assert "workload[0]" in str(error.value) and "sequence_length" in str(error.value)
+
+
+def _candidate(name, by_shape: dict, fidelity=0.995):
+    """A candidate whose latency-p50 is the weighted figure of its shapes, as the evaluator writes it."""
+    from olive_systems.evaluation.evaluator import _combine
+
+    shapes = [({"batch_size": int(label.split("x")[0]), "weight": weight}, value) for label, (value, weight) in by_shape.items()]
+    return {"model_id": name, "metrics": {
+        "latency-p50": {"value": _combine("latency", shapes), "priority": 1, "higher_is_better": False,
+                        "by_shape": {label: {"value": value, "weight": weight} for label, (value, weight) in by_shape.items()}},
+        "fidelity-cosine_mean": {"value": fidelity, "priority": 2, "higher_is_better": True}}}
+
+
+def test_ranking_follows_the_weighted_workload_and_each_shape_gets_its_own_winner():
+    from olive_systems.ranking import rank, rank_shapes
+
+    fused = _candidate("fused", {"1x128": (5.0, 0.75), "8x128": (40.0, 0.25)})     # 13.75 ms per request
+    unfused = _candidate("unfused", {"1x128": (6.0, 0.75), "8x128": (33.0, 0.25)})  # 12.75 ms per request
+    per_tensor = _candidate("per_tensor", {"1x128": (4.0, 0.75), "8x128": (30.0, 0.25)}, fidelity=0.96)
+    goals = {"fidelity-cosine_mean": ({"type": "threshold", "value": 0.99}, True)}
+    ranked = rank([fused, unfused, per_tensor], goals, None)
+    assert [c["model_id"] for c in ranked] == ["unfused", "fused", "per_tensor"]  # a missed goal ranks last
+    rank_shapes(ranked)
+    at = lambda c, shape: c["metrics"]["latency-p50"]["by_shape"][shape]["rank"]  # noqa: E731
+    assert (at(fused, "1x128"), at(unfused, "1x128"), at(per_tensor, "1x128")) == (1, 2, 3)
+    assert (at(unfused, "8x128"), at(fused, "8x128")) == (1, 2)
+
+
+def test_a_workloads_throughput_is_samples_over_the_time_they_take():
+    from olive_systems.evaluation.evaluator import _combine
+
+    # 3 requests of batch 1 at 100 samples/s (30 ms) and 1 of batch 8 at 200 samples/s (40 ms): 11 samples in 70 ms
+    figures = [({"batch_size": 1, "weight": 3}, 100.0), ({"batch_size": 8, "weight": 1}, 200.0)]
+    assert _combine("throughput", figures) == pytest.approx(11 / 0.070)
+    assert _combine("latency", [({"batch_size": 1, "weight": 3}, 10.0), ({"batch_size": 8, "weight": 1}, 40.0)]) == 17.5
+
+
+# ---- the statistics ----
+
+def test_ratio_interval_resolves_a_real_difference_and_not_an_equal_pair():
+    rng = np.random.default_rng(1)
+    drift = np.linspace(1, 3, 40)[:, None]  # load that comes and goes: the same rounds of both arms slow down
+    slow = drift * (2.0 + rng.normal(0, 0.1, (40, 5)))
+    fast = drift * (1.0 + rng.normal(0, 0.05, (40, 5)))
+    same = drift * (2.0 + rng.normal(0, 0.1, (40, 5)))
+    ratio, low, high = measure.ratio_interval(fast, slow)
+    assert low <= ratio <= high < 1 and low > 0.4  # about 0.5, resolved faster
+    assert measure.resolved_ratio(ratio, low, high, precision=0.02)
+    ratio, low, high = measure.ratio_interval(same, slow)
+    assert low < 1 < high  # no difference beyond the interval
+
+
+def test_the_bootstrap_resamples_whole_rounds():
+    rounds = np.array([[1.0, 1.0], [3.0, 3.0]])  # two rounds: the median is 1, 2 or 3 over resamples
+    estimate, low, high = measure.bootstrap(rounds, measure.percentile_stat(50), resamples=200)
+    assert estimate == 2.0 and low == 1.0 and high == 3.0
+
+
+class FakeClock:
+    """perf_counter for olive_systems.measure: a call advances it by its arm's cost times noise."""
+
+    def __init__(self, monkeypatch, seed=0):
+        self.now, self.rng = 0.0, np.random.default_rng(seed)
+        monkeypatch.setattr(measure.time, "perf_counter", lambda: self.now)
+        monkeypatch.setattr(measure._CpuWatch, "others", lambda watch: self.others)
+        self.others = 0.0
+
+    def arm(self, cost_s, noise=0.05):
+        def run():
+            self.now += cost_s * float(self.rng.lognormal(0, noise))
+        return run
+
+
+def test_compare_stops_when_resolved_and_never_past_its_budget(monkeypatch):
+    clock = FakeClock(monkeypatch)
+    progress = []
+    found = measure.compare({"ref": clock.arm(0.002), "fast": clock.arm(0.001)}, "ref", 10.0, on_progress=progress.append)
+    assert found.stopped == "resolved" and found.seconds < 10
+    ratio, low, high = found.ratio("fast")
+    assert high < 1 and low <= ratio <= high
+    assert progress and "rounds" in progress[-1]
+    clock.now = 0.0
+    noisy = measure.compare({"ref": clock.arm(0.002, 0.5), "same": clock.arm(0.002, 0.5)}, "ref", 3.0, precision=0.001)
+    assert noisy.stopped == "budget" and noisy.seconds <= 3.0 + 0.1
+
+
+def test_calls_slower_than_the_budget_cost_one_warm_call_each(monkeypatch):
+    clock = FakeClock(monkeypatch)
+    # the first call of each (the warm-up) spends the budget: one more call each, never a cold first call as the figure
+    found = measure.compare({"ref": clock.arm(3.0, 0), "other": clock.arm(2.0, 0)}, "ref", 4.0, warmup_num=10)
+    assert found.stopped == "budget" and found.seconds == pytest.approx(10.0)
+    assert [len(arm.samples) for arm in found.arms.values()] == [1, 1]
+    clock.now = 0.0
+    # the warm-up's second call (load came) ran past the budget: it is the figure, no call more
+    costs = iter([0.1, 1.5, 0.1])
+
+    def run():
+        clock.now += next(costs)
+    found = measure.compare({"model": run}, None, 1.0, warmup_num=10)
+    assert found.seconds == pytest.approx(1.6) and found.arms["model"].samples == [1.5]
+
+
+def test_a_lone_measurement_reports_its_median_with_an_interval(monkeypatch):
+    clock = FakeClock(monkeypatch)
+    found = measure.measure(clock.arm(0.004), 5.0, max_calls=100)
+    median, low, high = found.interval("model")
+    assert low <= median <= high and abs(median - 0.004) < 0.0004
+    assert len(found.arms["model"].samples) <= 100
+    summary = found.summary()
+    assert summary["arms"]["model"]["interval_ms"][0] <= summary["arms"]["model"]["median_ms"]
+
+
+# ---- session tuning: the default stays unless a setting wins beyond the interval ----
+
+def _arms(clock, costs: dict):
+    settings = {name: {"execution_provider": [["CPUExecutionProvider", {}]], "io_bind": False,
+                       "session_options": {} if name == "default" else {"intra_op_num_threads": threads}}
+                for name, (_, _, threads) in costs.items()}
+    return {name: (settings[name], lambda feed, cost=cost, noise=noise: clock.arm(cost, noise))
+            for name, (cost, noise, threads) in costs.items()}
+
+
+CONFIG = {"budget_s": 4.0, "warmup_num": 2, "precision": 0.01, "busy_cores": 0.5, "test_num": None}
+SHAPES = [{"batch_size": 1, "sequence_length": 16, "weight": 1, "feed": {}},
+          {"batch_size": 8, "sequence_length": 16, "weight": 1, "feed": {}}]
+
+
+def test_tuning_keeps_the_default_when_a_setting_is_not_faster_beyond_the_interval(monkeypatch):
+    clock = FakeClock(monkeypatch)
+    # 1% faster in the middle, 30% noise: not resolved within the budget
+    choice = tuning_choice.choose(_arms(clock, {"default": (0.002, 0.3, None), "intra=1": (0.00198, 0.3, 1)}),
+                                  SHAPES, CONFIG, lambda message: None)
+    assert choice.settings["session_options"] == {}
+    assert "kept the default" in choice.reason
+    record = next(r for r in choice.records if r["setting"] == "intra=1")
+    assert record["ratio_interval"][1] >= 1 and not record["chosen"]
+
+
+def test_tuning_takes_a_setting_that_wins_beyond_the_interval(monkeypatch):
+    clock = FakeClock(monkeypatch)
+    choice = tuning_choice.choose(_arms(clock, {"default": (0.002, 0.05, None), "intra=1": (0.0025, 0.05, 1),
+                                                "intra=2": (0.0014, 0.05, 2)}), SHAPES, CONFIG, lambda message: None)
+    assert choice.settings["session_options"] == {"intra_op_num_threads": 2}
+    chosen = next(r for r in choice.records if r["chosen"])
+    assert chosen["ratio_interval"][1] < 1 and set(chosen["by_shape"]) == {"1x16", "8x16"}
+
+
+def test_tuning_on_a_busy_machine_does_not_choose_a_thread_count(monkeypatch):
+    clock = FakeClock(monkeypatch)
+    clock.others = 1.8  # two busy neighbours: one thread looks faster than it is on a quiet machine
+    monkeypatch.setattr(tuning_choice, "default_threads", lambda: 2)
+    choice = tuning_choice.choose(_arms(clock, {"default": (0.004, 0.05, None), "intra=1": (0.002, 0.05, 1)}),
+                                  SHAPES, CONFIG, lambda message: None)
+    assert choice.settings["session_options"] == {}
+    assert "busy" in next(r for r in choice.records if r["setting"] == "intra=1")["verdict"]
+
+
+# ---- the engine: shapes, weighted figures, intervals, the input model's timing cached ----
+
+@pytest.fixture(scope="module")
+def workload_runs(tiny_bert, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("workload")
+    recipe = tiny_recipe(tiny_bert, tmp, workload=copy.deepcopy(WORKLOAD))
+    latency = recipe["evaluators"]["common"]["metrics"][0]
+    latency["metric_config"] = {"warmup_num": 2, "budget_s": 1.5}
+    recipe["passes"]["tuning"]["config"] = {"budget_s": 2.0, "intra_op_thread_num_list": [1]}
+    recipe["pass_flows"] = [["conversion"], ["conversion", "tuning"]]
+    events = []
+    first = olive_systems.run(copy.deepcopy(recipe), on_event=events.append)
+    second = olive_systems.run(copy.deepcopy(recipe))
+    return tmp, first, second, events
+
+
+def test_timing_metrics_carry_every_shape_the_weighted_figure_and_intervals(workload_runs):
+    tmp, first, _, _ = workload_runs
+    model = first.get_output_model_by_id("conversion")
+    entry = model.metrics["latency-p50"]
+    assert set(entry["by_shape"]) == {"1x16", "4x16", "1x32"}
+    weights = {name: shape["weight"] for name, shape in entry["by_shape"].items()}
+    expected = sum(shape["value"] * weights[name] for name, shape in entry["by_shape"].items()) / sum(weights.values())
+    assert entry["value"] == pytest.approx(expected, rel=1e-3)
+    assert entry["interval"][0] <= entry["value"] <= entry["interval"][1]
+    for shape in entry["by_shape"].values():
+        assert shape["interval"][0] <= shape["value"] <= shape["interval"][1] and shape["rounds"] >= 1
+    written = json.loads((tmp / "out" / "conversion" / "metrics.json").read_text())
+    assert written["metrics"]["latency-p50"]["by_shape"] == entry["by_shape"]
+    assert "by_shape" in written["input_model_metrics"]["latency-p50"]  # the torch input model: the same method
+
+
+def test_timing_shows_progress(workload_runs):
+    _, _, _, events = workload_runs
+    shown = [(e["name"], e["message"]) for e in events if e["kind"] == "progress"]
+    assert any(name == "input model" and text.startswith("latency 4x16: timing") for name, text in shown)
+    assert any(name == "tuning" and text.startswith("1x32: timing") for name, text in shown)
+    assert not any("progress: " in e["message"] for e in events if e["kind"] == "log")
+
+
+def test_the_input_models_timing_is_cached_on_a_rerun(workload_runs):
+    _, first, second, _ = workload_runs
+    timing = lambda output: [s for s in output.steps if s["step"] == "timing" and s["name"] == "input model"]  # noqa: E731
+    assert [s["cached"] for s in timing(first)] == [False]
+    assert [s["cached"] for s in timing(second)] == [True]
+    assert second.input_model_metrics["latency-p50"] == first.input_model_metrics["latency-p50"]
+
+
+def test_tuning_records_its_comparison_with_the_default(workload_runs):
+    _, first, _, _ = workload_runs
+    tuned = first.get_output_model_by_id("conversion-tuning")
+    attributes = tuned.model_config["config"]["model_attributes"]
+    records = {r["setting"]: r for r in attributes["tuning"]}
+    assert "default" in records and len(records) == 2
+    other = next(r for name, r in records.items() if name != "default")
+    assert set(other["by_shape"]) == {"1x16", "4x16", "1x32"}
+    chosen = [r for r in records.values() if r["chosen"]]
+    options = tuned.get_inference_config()["session_options"]
+    if chosen:  # chosen only beyond the interval
+        assert chosen[0]["ratio_interval"][1] < 1 and options["intra_op_num_threads"] == 1
+    else:
+        assert options == {} and "kept the default" in attributes["tuning_decision"]["reason"]
+
+
+def test_a_decoders_generation_is_timed_at_each_prompt_and_weighted():
+    from olive_systems.evaluation.evaluator import _generation_by_shape
+
+    metric = {"name": "gen", "type": "generation", "metric_config": {"repeat_test_num": 2},
+              "workload": [{"prompt_tokens": 64, "new_tokens": 16, "weight": 3, "batch_size": 1},
+                           {"prompt_tokens": 512, "new_tokens": 16, "weight": 1, "batch_size": 1}]}
+    asked = []
+
+    def values_for(shaped):
+        asked.append(shaped["metric_config"])
+        return {"ttft_ms": shaped["metric_config"]["prompt_tokens"] / 8}  # 8 or 64 ms
+
+    details = {}
+    values = _generation_by_shape(metric, details, values_for)
+    assert asked == [{"repeat_test_num": 2, "prompt_tokens": 64, "new_tokens": 16},
+                     {"repeat_test_num": 2, "prompt_tokens": 512, "new_tokens": 16}]
+    assert values["ttft_ms"] == (3 * 8 + 64) / 4
+    assert set(details["ttft_ms"]["by_shape"]) == {"p64+g16", "p512+g16"}
