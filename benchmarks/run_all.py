@@ -5,6 +5,12 @@
 3. warm re-run of bert_ptq (everything cached), wall seconds
 4. `olive-systems --help`, wall seconds
 5. three bert_ptq runs at once on one cold cache: steps computed / needed, wall / one run (concurrent_runs.py)
+6. `olive-systems validate` of every recipe, seconds each (validate_speed.py)
+7. cold bert_ptq run / Microsoft Olive 0.13's cold run of its own latency-only BERT config (olive_cold_run.py)
+8. per workload shape: the first-ranked candidate / FP32 export, its fidelity, and the gap to an exhaustive
+   sweep's best (workload.py)
+9. session tuning under load: the chosen setting measured quietly against the best and the default
+   (tuning_under_load.py)
 """
 
 from __future__ import annotations
@@ -74,12 +80,15 @@ def help_time() -> None:
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        wanted = sys.argv[1:] or ["bert_ptq", "parity", "help", "concurrent"]
+        scripts = {"concurrent": "concurrent_runs.py", "validate": "validate_speed.py", "olive": "olive_cold_run.py",
+                   "workload": "workload.py", "tuning": "tuning_under_load.py"}
+        wanted = sys.argv[1:] or ["bert_ptq", "parity", "help", *scripts]
         if "bert_ptq" in wanted:
             bert_ptq(tmp / "cache", tmp / "bert_ptq")
         if "parity" in wanted:
             parity(tmp / "parity_cache", tmp / "parity")
         if "help" in wanted:
             help_time()
-        if "concurrent" in wanted:
-            subprocess.run([sys.executable, "benchmarks/concurrent_runs.py"], cwd=REPO, env=ENV, check=True)
+        for name, script in scripts.items():
+            if name in wanted:
+                subprocess.run([sys.executable, f"benchmarks/{script}"], cwd=REPO, env=ENV, check=True)

@@ -81,6 +81,7 @@ class Engine:
         self._started_wall = time.time()  # the machine lock records epoch seconds
         self._memo: dict[str, tuple[ModelRef, bool]] = {}
         self._failed: dict[str, OliveSystemsError] = {}  # pass runs that failed in this run: not tried again
+        self._input_failures: list[dict] = []  # the input model's failed evaluations: recorded, the run goes on
         self._pending: dict[str, tuple] = {}  # entry folder -> (shared entry not yet downloaded, recompute)
         self._data_cache: dict = {}
         self._fingerprints: dict[str, str] = {}
@@ -143,7 +144,7 @@ class Engine:
         ranked = rank(candidates, goals_of(self.metrics), input_metrics)
         rank_shapes(ranked)  # with a workload: each candidate's rank at each shape alone
         output_dir = Path(self.engine["output_dir"]).resolve()
-        failures = getattr(self, "_input_failures", []) + failures
+        failures = self._input_failures + failures
         summary = {"input_model_metrics": input_metrics, "failures": failures, "steps": self.steps, "jobs": self.jobs,
                    "machine_use": sorted(self.machine_use, key=lambda use: use["start_s"])}
         if self.several:
@@ -155,7 +156,6 @@ class Engine:
 
     def _evaluate_input(self, pool: ThreadPoolExecutor, input_model: ModelRef) -> list[tuple]:
         """(metrics, reference) of the input model per target: what goals and fidelity compare against."""
-        self._input_failures: list[dict] = []
         if not (self.metrics and self.engine["evaluate_input_model"]):
             return [(None, None)] * len(self.targets)
         labels = [target.label("input model", self.several) for target in self.targets]
@@ -239,7 +239,7 @@ class Engine:
             step = "evaluation"
             # Without the input model's outputs there is nothing to compare a candidate against.
             without = REFERENCE_METRICS if any(f["model_id"] == target.label("input model", self.several)
-                                               for f in getattr(self, "_input_failures", [])) else ()
+                                               for f in self._input_failures) else ()
             metrics, _, runtime = self._evaluate(model_id, model, target, baseline[1], without) if self.metrics \
                 else ({}, None, None)
         except SystemUnavailable:

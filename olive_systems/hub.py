@@ -81,7 +81,7 @@ def resolve_model(repo_id: str, revision: str | None, token: str | None, where: 
     except HFValidationError as exc:
         raise RecipeError(f"{named} is not a valid hub model id: {str(exc).splitlines()[0]}",
                           "give org/name, or the path of a local model folder") from None
-    except (LocalEntryNotFoundError, OSError) as exc:  # offline, or no connection, and not in the cache
+    except (LocalEntryNotFoundError, OSError):  # offline, or no connection, and not in the cache
         state = "HF_HUB_OFFLINE=1" if constants.HF_HUB_OFFLINE else "the hub cannot be reached"
         cached = _cached_revisions(Path(constants.HF_HUB_CACHE), repo_id)
         if cached:

@@ -160,6 +160,19 @@ def copy_tree(src: Path, dst: Path) -> None:
             link_or_copy(path, dst / relative)
 
 
+def publish_folder(tmp: Path, final: Path) -> Path:
+    """Rename a finished temp folder into place. When another process published the same folder first
+    (same content, same name), its copy stands and ours is dropped."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not final.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
 def copy_onnx_model(src_folder: Path, dst_folder: Path) -> None:
     """model.onnx and its external data, under the names model.onnx refers to, into a folder of its own
     (a private copy a tool may write scratch files beside): the data files are copies, never links."""

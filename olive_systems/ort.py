@@ -103,18 +103,3 @@ def dummy_feed(session, batch_size: int = 1, sequence_length: int = 128) -> dict
         feed[arg.name] = np.ones(shape, dtype=dtype) if "mask" in arg.name else np.zeros(shape, dtype=dtype)
     return feed
 
-
-def measure_latency(run_once, warmup_num: int, repeat_num: int, sleep_s: float = 0.0) -> list[float]:
-    """Seconds per call of run_once() after warm-up: the one timing loop that every latency uses."""
-    import time
-
-    for _ in range(warmup_num):
-        run_once()
-    times = []
-    for _ in range(repeat_num):
-        start = time.perf_counter()
-        run_once()
-        times.append(time.perf_counter() - start)
-        if sleep_s:
-            time.sleep(sleep_s)
-    return times

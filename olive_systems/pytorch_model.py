@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import PassError, RecipeError
-from .models import ModelRef, copy_tree, file_sha256, folder_sha256, link_or_copy
+from .models import ModelRef, copy_tree, file_sha256, folder_sha256, link_or_copy, publish_folder
 
 PYTORCH_MODEL = "PyTorchModel"
 MANIFEST = "pytorch_model.json"
@@ -180,13 +180,7 @@ def _materialize(cache_root: Path, digest: str, sources: list[tuple[str, Path]],
             else:
                 link_or_copy(path, tmp / relative)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        final.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another run made the same folder first: its copy stands
-            if not final.is_dir():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
+        publish_folder(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -45,12 +45,14 @@ class Azurite:
             [str(AZURITE), "--blobHost", "127.0.0.1", "--blobPort", str(self.port), "--location", str(self.location),
              "--disableTelemetry", "--loose", "--skipApiVersionCheck", "--silent"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        for _ in range(100):
+        for _ in range(600):  # node starts it in about 2 s; a loaded CI machine has been seen to take over 10
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", self.port)) == 0:
                     return
+            if self.process.poll() is not None:
+                raise RuntimeError(f"azurite exited with code {self.process.returncode} before listening")
             time.sleep(0.1)
-        raise RuntimeError("azurite did not start")
+        raise RuntimeError("azurite did not listen within 60 s")
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

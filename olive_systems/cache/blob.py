@@ -78,8 +78,6 @@ class BlobRemote:
             raise RemoteUnavailable(self.down)
         try:
             if not self._container_ready:
-                from azure.core.exceptions import ResourceExistsError
-
                 try:
                     self.container.create_container()
                 except ResourceExistsError:

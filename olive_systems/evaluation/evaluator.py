@@ -9,7 +9,7 @@ import numpy as np
 from ..data import Batches, pooled, post_process
 from ..errors import OliveSystemsError, RecipeError
 from ..models import ModelRef
-from ..ort import create_session, dummy_feed
+from ..ort import dummy_feed
 from ..measure import DEFAULT_PRECISION, measure, progress_line, weighted
 from ..user_script import load_function
 from ..workload import shape_feed, shape_name

@@ -22,7 +22,7 @@ from typing import Callable
 
 from ..errors import OliveSystemsError, RecipeError
 from ..cache.local import process_alive
-from ..models import file_sha256
+from ..models import file_sha256, publish_folder
 from .gguf_blocks import write_source
 from .tokenizer import check_genai_tokenizer, repair_tokenizer_files
 
@@ -216,13 +216,7 @@ def materialize_gguf(gguf_path: Path, cache_root: Path, log: Callable[[str], Non
         gguf_to_hf_folder(gguf_path, tmp, log)
         write_source(tmp, gguf_path, digest)  # lets weight-only quantization reuse the file's own blocks
         _open_permissions(tmp)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another run finished the same file first: its folder stands
-            if not final.is_dir():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
+        publish_folder(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -83,7 +83,7 @@ class _Translator(ModelsAndData, SystemsAndMetrics, Passes):
             self.out[key] = raw.pop(key)  # a native key (workload) in an Olive config: as it is
         for key in raw:
             self.bad(key, f"not an Olive config key olive-systems knows; the keys are input_model, systems, data_configs, "
-                          f"evaluators, passes, pass_flows, engine (or the engine's keys at the top level)")
+                          "evaluators, passes, pass_flows, engine (or the engine's keys at the top level)")
         if self.azureml_client is not None:
             used = any(s.get("type") == "AzureMLSystem" for s in self.systems.values())
             path = (self.out.get("input_model") or {}).get("model_path")
