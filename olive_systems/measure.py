@@ -31,7 +31,9 @@ import numpy as np
 
 DEFAULT_CONFIDENCE = 0.95
 DEFAULT_PRECISION = 0.02  # relative half-width at which a measurement counts as resolved
-BLOCK_S = 0.2  # seconds of calls per arm per round: short blocks interleave load finely
+# Seconds of calls per arm per round: short blocks interleave load finely. Interleaved arms take longer
+# blocks, since each block starts with an untimed call (see compare).
+BLOCK_S, INTERLEAVED_BLOCK_S = 0.05, 0.2
 MAX_BLOCK = 20
 MIN_ROUNDS = 5
 CHECK_RESAMPLES = 300  # bootstrap resamples while deciding whether to go on
@@ -193,7 +195,8 @@ def compare(arms: dict[str, Callable[[], object]], reference: str | None, budget
             if time.perf_counter() > warm_until:
                 break
             last = warm[arm.name] = _call(arm.run)
-        arm.block = max(1, min(MAX_BLOCK, int(BLOCK_S / max(last, 1e-6))))
+        block_s = INTERLEAVED_BLOCK_S if len(timed) > 1 else BLOCK_S
+        arm.block = max(1, min(MAX_BLOCK, int(block_s / max(last, 1e-6))))
         if max_calls:
             arm.block = min(arm.block, max(1, max_calls // min_rounds))
     stopped, last_report, round_s = "budget", started, 0.0
