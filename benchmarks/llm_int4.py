@@ -22,10 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from common import ENV, REPO, cpu_flags
+
 PROMPT, NEW, ROUNDS, THREADS = 150, 128, 3, 2
 LLAMA_VENV = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "olive-systems" / "bench-llamacpp"
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 LLAMA_CPP_SCRIPT = r"""
 import json, sys, time
@@ -87,9 +87,8 @@ def main() -> int:
 
     from olive_systems.llm.runners import open_decoder
 
-    flags = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
-             if f in Path("/proc/cpuinfo").read_text().split()]
-    print(f"CPU flags: {' '.join(flags)}; {os.cpu_count()} cores; {THREADS} threads; prompt {PROMPT}, new {NEW}")
+    flags = cpu_flags(("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile"))
+    print(f"CPU: {flags}; {THREADS} threads; prompt {PROMPT}, new {NEW}")
     output_dir = REPO / "outputs" / "llm_int4"
     data, first = run_recipe(output_dir)
     _, warm = run_recipe(output_dir)

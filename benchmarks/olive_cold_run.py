@@ -28,8 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
+from common import BIN, REPO, cpu_flags
+
 TARGET = 1.5
 DEFAULT_VENV = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "olive-systems" / "bench-olive013"
 
@@ -180,15 +180,6 @@ def run_ours(work: Path) -> float:
 
 def figure(value: float | None, digits: int = 1) -> str:
     return "?" if value is None else f"{value:.{digits}f}"
-
-
-def cpu_flags() -> str:
-    flags = set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-    wanted = ["avx2", "avx512f", "avx512_vnni"]
-    return " ".join(f"{flag}={'yes' if flag in flags else 'no'}" for flag in wanted) + f", {os.cpu_count()} cores"
 
 
 def load() -> str:

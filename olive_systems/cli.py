@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_workflow_commands(commands) -> None:
-    """One subcommand per workflow function (capture_onnx_graph, quantize, auto_opt), its options
-    generated from the function's signature and docstring (olive_systems.workflows.arguments)."""
+    """One subcommand per workflow function and utility function (workflows.WORKFLOWS, UTILITIES), its
+    options generated from the function's signature and docstring (olive_systems.workflows.arguments)."""
     from .workflows import UTILITIES, WORKFLOWS
     from .workflows.arguments import add_function_arguments, docstring_summary
 
@@ -206,7 +206,7 @@ def cmd_workflow(args) -> int:
 
     # Libraries log at log_level (default 3, ERROR: the ORT quantizer's warnings come by the hundred).
     logging.basicConfig(level=LOG_LEVELS[args.log_level] if args.log_level in range(len(LOG_LEVELS)) else logging.ERROR)
-    if args.workflow in UTILITIES:  # convert_adapters, extract_adapters: files, no workflow output
+    if args.workflow in UTILITIES:  # convert_adapters, extract_adapters, generate_cost_model: one file
         print(f"written: {call_with_arguments(UTILITIES[args.workflow], args)}")
         return 0
     with Progress(verbose=args.verbose) as progress:

@@ -150,7 +150,7 @@ class TorchComponent:
     def __init__(self, spec: dict, handle, script: str, module):
         import torch
 
-        from .pytorch_model import script_function
+        from .pytorch_model import checked_io_config, example_inputs, int_axes, script_function
 
         def function(key: str):
             return script_function(module, script, spec[key], f"components.{spec['name']}.{key}")
@@ -161,19 +161,13 @@ class TorchComponent:
             raise PassError(f"component '{self.name}': {spec['component_func']} returned {type(self.module).__name__}, "
                             "not a torch.nn.Module", "return the component's module from component_func")
         self.module.eval()
-        io_config = spec["io_config"] if isinstance(spec["io_config"], dict) else function("io_config")(handle)
-        if not isinstance(io_config, dict) or not io_config.get("input_names") or not io_config.get("output_names"):
-            raise PassError(f"component '{self.name}': io_config is {io_config!r}: it needs input_names and output_names",
-                            "return {input_names: [...], output_names: [...], dynamic_axes: {...}}")
-        axes = {name: {int(axis): dim for axis, dim in value.items()} for name, value in
-                (io_config.get("dynamic_axes") or {}).items()}  # axes come back from JSON as strings
+        io_config = checked_io_config(spec["io_config"] if isinstance(spec["io_config"], dict)
+                                      else function("io_config")(handle), f"component '{self.name}':")
+        axes = int_axes(io_config.get("dynamic_axes"))
         self.io_config = {"input_names": list(io_config["input_names"]), "output_names": list(io_config["output_names"]),
                           **({"dynamic_axes": axes} if axes else {})}
-        dummy = function("dummy_inputs_func")(handle)
-        if isinstance(dummy, dict):  # keys are forward() keywords; io_config names the ONNX inputs
-            self.dummy, self.keywords = tuple(dummy.values()), list(dummy)
-        else:
-            self.dummy, self.keywords = (tuple(dummy) if isinstance(dummy, (list, tuple)) else (dummy,)), None
+        # a dict's keys are forward() keywords; io_config names the ONNX inputs
+        self.dummy, self.keywords = example_inputs(function("dummy_inputs_func")(handle))
         if len(self.dummy) != len(self.io_config["input_names"]):
             raise PassError(f"component '{self.name}': dummy_inputs_func gives {len(self.dummy)} inputs, io_config names "
                             f"{len(self.io_config['input_names'])} ({self.io_config['input_names']})",
@@ -194,32 +188,20 @@ def export_components(model: ModelRef, config: dict, out_dir: Path, log) -> Mode
     """OnnxConversion of a model of several components (config: OnnxConversion's)."""
     import torch
 
-    from .passes.conversion import _KeywordForward, _dynamo_export, _first_line, fix_dimensions
+    from .passes.conversion import _KeywordForward, export_onnx, fix_dimensions, to_dtype
 
     dtype = getattr(torch, config["torch_dtype"]) if config["torch_dtype"] else None
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / DUMMY_DIR).mkdir(exist_ok=True)
     entries = []
     for component in torch_components(model):
-        module, dummy = component.module, component.dummy
-        if dtype is not None:  # the module and its float inputs in the export's dtype
-            module = module.to(dtype)
-            dummy = tuple(d.to(dtype) if torch.is_floating_point(d) else d for d in dummy)
-        wrapped = _KeywordForward(module, component.keywords, component.io_config["output_names"])
+        module, dummy = to_dtype(component.module, component.dummy, dtype)
+        io_config = component.io_config
+        wrapped = _KeywordForward(module, component.keywords, io_config["output_names"])
         folder = out_dir / component.name
         folder.mkdir(exist_ok=True)
-        io_config = component.io_config
-        try:
-            with torch.no_grad():
-                if config["use_dynamo_exporter"]:
-                    _dynamo_export(wrapped, dummy, io_config, folder / "model.onnx", max(config["target_opset"], 18))
-                else:
-                    torch.onnx.export(wrapped, dummy, str(folder / "model.onnx"), input_names=io_config["input_names"],
-                                      output_names=io_config["output_names"], dynamic_axes=io_config.get("dynamic_axes"),
-                                      opset_version=config["target_opset"], do_constant_folding=True, dynamo=False)
-        except Exception as exc:  # the exporter raises many types; the user needs the message, not a graph dump
-            raise PassError(f"component '{component.name}': torch.onnx.export failed: {_first_line(exc)}",
-                            "check the component's io_config / dummy_inputs_func") from exc
+        export_onnx(wrapped, dummy, io_config, folder / "model.onnx", config, f"component '{component.name}': ",
+                    "check the component's io_config / dummy_inputs_func")
         if config["fixed_param_dict"]:
             fix_dimensions(folder, config["fixed_param_dict"])
         np.savez(out_dir / DUMMY_DIR / f"{component.name}.npz",
@@ -306,7 +288,6 @@ class _TorchComponentRunner:
 def evaluate(model: ModelRef, metrics: list[dict], execution_provider: str, intra_op_threads, log) -> tuple[dict, dict]:
     """size_on_disk of all the components; latency of each on its example inputs, summed: a sub-type's
     value is the sum, its by_component the figure of each."""
-    from .evaluation.evaluator import _timing_values
     from .evaluation.generative import weight_bytes
     from .evaluation.metrics import higher_is_better
 
@@ -322,7 +303,7 @@ def evaluate(model: ModelRef, metrics: list[dict], execution_provider: str, intr
         else:
             if runners is None:
                 runners = _runners(model, execution_provider, intra_op_threads)
-            values = _latency(metric, runners, details, log or (lambda message: None), _timing_values)
+            values = _latency(metric, runners, details, log or (lambda message: None))
         for sub in metric["sub_types"]:
             if sub["name"] not in values:
                 raise RecipeError(f"metric '{metric['name']}' has no sub-type '{sub['name']}'", f"use one of {sorted(values)}")
@@ -341,9 +322,9 @@ def _runners(model: ModelRef, execution_provider: str, intra_op_threads) -> dict
     return {component.name: _TorchComponentRunner(component) for component in torch_components(model)}
 
 
-def _latency(metric: dict, runners: dict, details: dict, log, timing_values) -> dict:
+def _latency(metric: dict, runners: dict, details: dict, log) -> dict:
     """Each component timed with the metric's settings and an equal share of its budget."""
-    from .evaluation.evaluator import DEFAULT_BUDGET_S
+    from .evaluation.evaluator import DEFAULT_BUDGET_S, _timing_values
 
     config = dict(metric.get("metric_config") or {})
     config["budget_s"] = float(config.get("budget_s", DEFAULT_BUDGET_S)) / len(runners)
@@ -351,7 +332,7 @@ def _latency(metric: dict, runners: dict, details: dict, log, timing_values) -> 
     for name, runner in runners.items():
         part_details: dict = {}
         shown = {**metric, "name": f"{metric['name']} [{name}]", "metric_config": config}
-        per_component[name] = (timing_values(shown, runner, None, {}, part_details, log), part_details)
+        per_component[name] = (_timing_values(shown, runner, None, {}, part_details, log), part_details)
     values = {sub: round(sum(found[sub] for found, _ in per_component.values()), 4)
               for sub in next(iter(per_component.values()))[0]}
     for sub in values:

@@ -227,7 +227,7 @@ def load_batches(data_config: dict, model_folder: Path) -> Batches:
     if pre.get("max_samples") and pre["type"] != "text_generation":  # it counts prompts or windows itself
         dataset = dataset.select(range(min(pre["max_samples"], len(dataset))))
     batch_size = data_config.get("dataloader_config", {}).get("batch_size", 1)
-    kind = pre.pop("type", "tokenize")
+    kind = pre.pop("type")
     if kind == "tokenize":
         from transformers import AutoTokenizer
 

@@ -81,7 +81,6 @@ class Engine:
         self._started_wall = time.time()  # the machine lock records epoch seconds
         self._memo: dict[str, tuple[ModelRef, bool]] = {}
         self._failed: dict[str, OliveSystemsError] = {}  # pass runs that failed in this run: not tried again
-        self._input_failures: list[dict] = []  # the input model's failed evaluations: recorded, the run goes on
         self._pending: dict[str, tuple] = {}  # entry folder -> (shared entry not yet downloaded, recompute)
         self._data_cache: dict = {}
         self._fingerprints: dict[str, str] = {}
@@ -130,7 +129,7 @@ class Engine:
     def _run_all(self, input_model: ModelRef) -> WorkflowOutput:
         with ThreadPoolExecutor(self._in_flight(), thread_name_prefix="olive-job") as pool:
             try:
-                baselines = self._evaluate_input(pool, input_model)
+                baselines, input_failures = self._evaluate_input(pool, input_model)
                 candidates, failures = self._search(pool, input_model, baselines)
             except BaseException as exc:
                 if not isinstance(exc, Exception):  # Ctrl-C, SIGTERM: the jobs ended now were interrupted, not killed
@@ -144,7 +143,7 @@ class Engine:
         ranked = rank(candidates, goals_of(self.metrics), input_metrics)
         rank_shapes(ranked)  # with a workload: each candidate's rank at each shape alone
         output_dir = Path(self.engine["output_dir"]).resolve()
-        failures = self._input_failures + failures
+        failures = input_failures + failures
         summary = {"input_model_metrics": input_metrics, "failures": failures, "steps": self.steps, "jobs": self.jobs,
                    "machine_use": sorted(self.machine_use, key=lambda use: use["start_s"])}
         if self.several:
@@ -154,26 +153,27 @@ class Engine:
             self._package(output, output_dir)
         return output
 
-    def _evaluate_input(self, pool: ThreadPoolExecutor, input_model: ModelRef) -> list[tuple]:
-        """(metrics, reference) of the input model per target: what goals and fidelity compare against."""
+    def _evaluate_input(self, pool: ThreadPoolExecutor, input_model: ModelRef) -> tuple[list[tuple], list[dict]]:
+        """(metrics, reference) of the input model per target: what goals and fidelity compare against; and
+        the failure records of the targets where it failed (the run goes on, reference None)."""
         if not (self.metrics and self.engine["evaluate_input_model"]):
-            return [(None, None)] * len(self.targets)
+            return [(None, None)] * len(self.targets), []
         labels = [target.label("input model", self.several) for target in self.targets]
         futures = [pool.submit(self._evaluate, label, input_model, target, None) for label, target in zip(labels, self.targets)]
-        baselines = []
+        baselines, failures = [], []
         for label, target, future in zip(labels, self.targets, futures):
             try:
                 baselines.append(future.result()[:2])
             except SystemUnavailable:
                 raise
             except OliveSystemsError as exc:  # recorded; the candidates are still made and evaluated, without it
-                self._input_failures.append(self._failure(label, "evaluation", exc, target.accelerator, {}))
+                failures.append(self._failure(label, "evaluation", exc, target.accelerator, {}))
                 baselines.append((None, None))
                 left_out = [m["name"] for m in self.metrics if m["type"] in REFERENCE_METRICS]
                 if left_out:
                     self.emit("warning", f"{label}: no outputs to compare with, so the candidates are scored without "
                                          f"{', '.join(left_out)}")
-        return baselines
+        return baselines, failures
 
     def _search(self, pool: ThreadPoolExecutor, input_model: ModelRef, baselines: list[tuple]):
         """Ask every search for trials while there is room, run them on the pool, tell the results back."""
@@ -233,19 +233,18 @@ class Engine:
         name = "-".join(flow) + (f"_{trial.number}" if search.searched else "")
         model_id = target.label(name, self.several)
         accelerator = target.accelerator
-        step = "pass"
+        history: list[dict] = []  # one entry per pass done: on a failure, flow[len(history)] is the pass that failed
+        model = None
         try:
-            model, history = self._run_flow(flow, input_model, target, trial.point)
-            step = "evaluation"
-            # Without the input model's outputs there is nothing to compare a candidate against.
-            without = REFERENCE_METRICS if any(f["model_id"] == target.label("input model", self.several)
-                                               for f in self._input_failures) else ()
+            model = self._run_flow(flow, input_model, target, trial.point, history)
+            # Without the input model's outputs (its evaluation failed) there is nothing to compare a candidate against.
+            without = REFERENCE_METRICS if self.engine["evaluate_input_model"] and baseline[1] is None else ()
             metrics, _, runtime = self._evaluate(model_id, model, target, baseline[1], without) if self.metrics \
                 else ({}, None, None)
         except SystemUnavailable:
             raise
         except OliveSystemsError as exc:
-            step = getattr(exc, "failed_step", step) if step == "pass" else step
+            step = "evaluation" if model is not None else f"pass '{flow[len(history)]}'"
             return self._failure(model_id, step, exc, accelerator, _point_text(trial.values))
         missed = missed_goals(metrics, goals_of(self.metrics), baseline[0])
         return {"model_id": model_id, "model": model, "history": history, "metrics": metrics, "baseline": baseline[0],
@@ -326,23 +325,20 @@ class Engine:
         model.hash = hashlib.sha256(known_hash.encode() + extra).hexdigest() if known_hash else folder_sha256(folder, extra)
         return model
 
-    def _run_flow(self, flow: list[str], model: ModelRef, target: Target, point: dict) -> tuple[ModelRef, list[dict]]:
-        """point: the searched settings of this trial, pass name -> {param: value}."""
-        history, parent_id = [], f"input_model-{model.hash[:8]}"
+    def _run_flow(self, flow: list[str], model: ModelRef, target: Target, point: dict, history: list[dict]) -> ModelRef:
+        """point: the searched settings of this trial, pass name -> {param: value}; history: each pass done is
+        appended to it as it ends."""
+        parent_id = f"input_model-{model.hash[:8]}"
         for index, pass_name in enumerate(flow):
             entry = self.recipe["passes"][pass_name]
             if pass_name in point:
                 entry = dict(entry, config={**(entry.get("config") or {}), **point[pass_name]})
-            try:
-                model, step = self._run_pass(pass_name, entry, model, target)
-            except OliveSystemsError as exc:
-                exc.failed_step = f"pass '{pass_name}'"
-                raise
+            model, step = self._run_pass(pass_name, entry, model, target)
             model_id = f"{index}_{entry['type']}-{step['key'][:8]}"
             history.append({"model_id": model_id, "parent_model_id": parent_id, "pass": pass_name, "type": entry["type"],
                             **step, "searched": sorted(point.get(pass_name, {}))})
             parent_id = model_id
-        return model, history
+        return model
 
     def _run_pass(self, pass_name: str, entry: dict, model: ModelRef, target: Target):
         pass_cls = get_pass_class(entry["type"])
@@ -513,13 +509,11 @@ class Engine:
         ends: the started step this work is, told as ended when it fails (the console stops showing it)."""
         try:
             return work()
-        except OliveSystemsError:
-            if ends:
-                self.emit("ended", ends)
-            raise
         except Exception as exc:
             if ends:
                 self.emit("ended", ends)
+            if isinstance(exc, OliveSystemsError):
+                raise
             detail = str(exc).splitlines()[0] if str(exc) else ""
             raise PassError(f"{what} failed: {type(exc).__name__}: {detail}", "run with --verbose for the traceback") from exc
 

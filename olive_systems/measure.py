@@ -99,10 +99,6 @@ def percentile_stat(q: float) -> Callable[[np.ndarray], np.ndarray]:
     return lambda rows: np.percentile(rows, q, axis=1)
 
 
-def mean_stat(rows: np.ndarray) -> np.ndarray:
-    return rows.mean(axis=1)
-
-
 @dataclass
 class Measurement:
     """What compare() / measure() found: every arm's calls, and how the measuring ended."""

@@ -78,6 +78,28 @@ def script_function(module, script, name: str, key: str, where: str = ""):
     return func
 
 
+def checked_io_config(value, who: str) -> dict:
+    """io_config as a user's script gives it, refused without input and output names (who: whose it is)."""
+    if not isinstance(value, dict) or not value.get("input_names") or not value.get("output_names"):
+        raise PassError(f"{who} io_config is {value!r}: it needs input_names and output_names",
+                        "return {input_names: [...], output_names: [...], dynamic_axes: {...}} from io_config")
+    return value
+
+
+def example_inputs(dummy) -> tuple[tuple, list | None]:
+    """What a dummy_inputs_func returns as (the example tensors, the forward() keywords they go to or
+    None): a dict's keys are forward() keywords; a list or tuple, or one tensor, is positional."""
+    if isinstance(dummy, dict):
+        return tuple(dummy.values()), list(dummy)
+    return (tuple(dummy) if isinstance(dummy, (list, tuple)) else (dummy,)), None
+
+
+def int_axes(dynamic_axes: dict | None) -> dict:
+    """dynamic_axes with int axis keys (they come back from a job's JSON as strings; torch wants ints)."""
+    return {name: {int(axis): dim for axis, dim in axes.items()} if isinstance(axes, dict) else axes
+            for name, axes in (dynamic_axes or {}).items()}
+
+
 # ---- validation before any work ----
 
 def check_spec(spec: dict, name: str) -> None:
@@ -231,18 +253,12 @@ class PyTorchModelHandle:
         value = self.ref.io_config
         if isinstance(value, str):
             value = self._function("io_config", value)(self)
-        if not isinstance(value, dict) or not value.get("input_names") or not value.get("output_names"):
-            raise PassError(f"the PyTorchModel's io_config is {value!r}: it needs input_names and output_names",
-                            "return {input_names: [...], output_names: [...], dynamic_axes: {...}} from io_config")
-        return value
+        return checked_io_config(value, "the PyTorchModel's")
 
     def dummy_inputs(self) -> tuple[tuple, list | None]:
         """The export's example inputs, and the forward() keywords they go to (None: positional)."""
         if self.ref.dummy_inputs_func:
-            dummy = self._function("dummy_inputs_func", self.ref.dummy_inputs_func)(self)
-            if isinstance(dummy, dict):
-                return tuple(dummy.values()), list(dummy)
-            return (tuple(dummy) if isinstance(dummy, (list, tuple)) else (dummy,)), None
+            return example_inputs(self._function("dummy_inputs_func", self.ref.dummy_inputs_func)(self))
         import torch
 
         shapes = self.io_config["input_shapes"]

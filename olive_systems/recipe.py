@@ -541,9 +541,10 @@ def check_input_model(spec: dict, name: str) -> None:
             raise RecipeError(f"{name}: input_model.model_path {path} has no config.json: it is not a Hugging Face model folder",
                               "point model_path at the folder save_pretrained wrote (or give gguf_file); for a plain "
                               "torch module use type: PyTorchModel with model_script and model_loader")
-        tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model", "vocab.json")
-        if not spec.get("model_script") and not any((path / f).is_file() for f in tokenizer_files):
-            raise RecipeError(f"{name}: input_model.model_path {path} has no tokenizer (none of {', '.join(tokenizer_files)})",
+        from .recipe_checks import TOKENIZER_FILES
+
+        if not spec.get("model_script") and not any((path / f).is_file() for f in TOKENIZER_FILES):
+            raise RecipeError(f"{name}: input_model.model_path {path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)})",
                               "save the tokenizer beside the model: AutoTokenizer.from_pretrained(...).save_pretrained(folder)")
 
 

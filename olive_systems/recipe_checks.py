@@ -176,7 +176,13 @@ def data_problems(recipe: dict, name: str) -> list[RecipeError]:
 
 
 def _data_config_problems(recipe: dict, dc: dict, where: str) -> list[RecipeError]:
-    if dc.get("type") == "DummyDataContainer":  # no dataset, no tokenizer: its shapes are checked when it is built
+    if dc.get("type") == "DummyDataContainer":  # no dataset, no tokenizer: names from the model when it is built
+        load = dc["load_dataset_config"]
+        given = {key: len(load[key]) for key in ("input_names", "input_types") if load.get(key)}
+        if any(count != len(load["input_shapes"]) for count in given.values()):
+            return [RecipeError(f"{where}: load_dataset_config has {len(load['input_shapes'])} input_shapes and "
+                                + " and ".join(f"{count} {key}" for key, count in given.items()),
+                                "give one name and one type per shape (names default to the model's inputs, in order)")]
         return []
     load = dc["load_dataset_config"]
     pre = dc["pre_process_data_config"]
@@ -199,6 +205,9 @@ def _data_config_problems(recipe: dict, dc: dict, where: str) -> list[RecipeErro
                 problems.append(RecipeError(f"{where}: {file} {problem}", "give a data file with a header and rows"))
             elif found is not None:
                 columns = found if columns is None else [c for c in columns if c in found]
+    if columns is not None and pre["type"] == "tokenize" and not pre.get("input_cols"):  # else found at load time
+        problems.append(RecipeError(f"{where}: pre_process_data_config.input_cols is not set: tokenize needs the text "
+                                    "columns", f"set input_cols to some of the data's columns {columns}"))
     if columns is not None:
         wanted = [(f"load_dataset_config.filter.{c}", c) for c in load.get("filter") or {}]
         wanted += _columns_used(pre)
@@ -268,9 +277,10 @@ def _tokenizer_problems(recipe: dict, dc: dict, where: str) -> list[RecipeError]
         folder, whose = Path(dc["tokenizer"]), "tokenizer folder"
     else:
         spec = recipe["input_model"]
-        if spec["type"] not in ("HfModel", "OnnxModel") or not spec.get("model_path") or \
+        if spec["type"] != "OnnxModel" or not spec.get("model_path") or \
                 spec["model_path"].startswith("azureml:") or spec.get("gguf_file") or spec.get("model_script"):
-            return []  # read from the downloaded asset / the GGUF file / decided by the script
+            return []  # HfModel: its folder's tokenizer is checked with the model (recipe.check_input_model);
+            # else read from the downloaded asset / the GGUF file / decided by the script
         path = Path(spec["model_path"])
         if not path.exists():
             return []  # reported where the path was resolved

@@ -126,18 +126,16 @@ def recipe_requirements(recipe: dict, package_config=None) -> list[str]:
         names += {"DockerSystem": ["docker"], "AzureMLSystem": ["azure-ai-ml", "azure-identity"]}.get(system.get("type"), [])
     # Sessions on this machine open on its systems' EPs: their ONNX Runtime builds replace plain
     # onnxruntime (they all import as onnxruntime and cannot sit side by side).
-    runtimes = _local_runtimes(recipe, config.get("execution_providers") or {})
+    pins = {**_image_pins(), **declared_pins()}  # olive-systems's own pin first, else the images'
+    runtimes = _local_runtimes(recipe, config.get("execution_providers") or {}, pins)
     if runtimes:
         names = [n for n in names if _name(n) != "onnxruntime"]
         explicit.extend(runtimes)
     explicit.extend(config.get("requirements") or [])
 
-    pins = declared_pins()
-    image_pins = _image_pins()
     chosen: dict[str, str] = {}
     for name in names:
-        key = _name(name)
-        chosen.setdefault(key, pins.get(key) or image_pins.get(key) or name)
+        chosen.setdefault(_name(name), pins.get(_name(name), name))
     for requirement in explicit:  # given by the user or an EP: replaces olive-systems's pin
         chosen[_name(requirement)] = requirement
     return [chosen[key] for key in sorted(chosen)]
@@ -150,11 +148,9 @@ def _searches(recipe: dict) -> bool:
     return '"choices"' in text or '"range"' in text
 
 
-def _local_runtimes(recipe: dict, ep_overrides: dict) -> list[str]:
+def _local_runtimes(recipe: dict, ep_overrides: dict, pins: dict[str, str]) -> list[str]:
     """The ONNX Runtime build of each execution provider the recipe's local systems name (a docker
-    or AzureML system brings its own, in its image)."""
-    image_pins = _image_pins()
-    pins = declared_pins()
+    or AzureML system brings its own, in its image), pinned by pins (name -> requirement)."""
     runtimes = []
     for system in recipe.get("systems", {}).values():
         if system.get("type", "LocalSystem") != "LocalSystem":
@@ -168,7 +164,7 @@ def _local_runtimes(recipe: dict, ep_overrides: dict) -> list[str]:
                     raise RecipeError(f"execution provider {ep}: olive-systems does not know which package provides it",
                                       "name its package in package_config.execution_providers")
                 key = EP_RUNTIMES[ep]
-                runtimes.append(pins.get(key) or image_pins.get(key) or key)
+                runtimes.append(pins.get(key, key))
     return list(dict.fromkeys(runtimes))
 
 

@@ -114,7 +114,8 @@ def test_packages_follow_passes_data_search_and_the_target_ep(model_dir, tiny_be
     exported = recipe_for(model_dir, tmp_path, input_model={"type": "HfModel", "model_path": str(tiny_bert)},
                           passes={"conversion": {"type": "OnnxConversion"}})
     assert {"torch", "transformers", "onnxscript", "onnx"} <= names(olive_systems.run(exported, packages=True))
-    data = [{"name": "texts", "load_dataset_config": {"data_name": "csv", "data_files": str(DATA / "calibration_sentences.csv")}}]
+    data = [{"name": "texts", "load_dataset_config": {"data_name": "csv", "data_files": str(DATA / "calibration_sentences.csv")},
+             "pre_process_data_config": {"type": "tokenize", "input_cols": ["text"]}}]
     assert "datasets" in names(olive_systems.run({**exported, "data_configs": data}, packages=True))
     searched = {"tuning": {"type": "OrtSessionParamsTuning", "config": {"test_num": {"choices": [3, 5]}}}}
     assert "optuna" in names(olive_systems.run(recipe_for(model_dir, tmp_path, passes=searched), packages=True))

@@ -381,6 +381,15 @@ def test_olive_data_functions_are_refused_with_the_reason():
         assert f"data_configs[0].{part}: an Olive data function" in message
 
 
+def test_post_processing_options_are_refused_not_dropped():
+    with pytest.raises(RecipeError, match=r"data_configs\[0\]\.post_process_data_config\.top_k: not supported"):
+        translate({"input_model": {"type": "ONNXModel", "model_path": "m.onnx"},
+                   "data_configs": [{"name": "d", "load_dataset_config": {"data_name": "glue", "subset": "mrpc"},
+                                     "post_process_data_config": {"type": "text_classification_post_process",
+                                                                  "params": {"top_k": 2}}}],
+                   "passes": {"q": {"type": "OnnxDynamicQuantization"}}})
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.iterdir()))
 def test_every_config_converts_to_a_recipe_that_loads_the_same(name, workdir):
     shutil.copy(CONFIGS / name, workdir / name)

@@ -145,6 +145,9 @@ def test_the_pass_refuses_in_a_recipe_too_never_falling_back():
     cuda_graph_without_binding = OrtSessionParamsTuning.resolve_config({"enable_cuda_graph": True})
     with pytest.raises(PassError, match="needs io_bind"):  # checked on the options alone, before the EPs present
         tuned_providers(cuda_graph_without_binding, "CUDAExecutionProvider")
+    decode_step_on_data = OrtSessionParamsTuning.resolve_config({"predict_with_kv_cache": True, "data_config": "d"})
+    with pytest.raises(PassError, match="predict_with_kv_cache times a decode step"):  # at recipe load, too
+        tuned_providers(decode_step_on_data, "CPUExecutionProvider", check_available=False)
 
 
 def test_providers_list_of_the_target_is_tuned(model_dir, tmp_path):

@@ -27,10 +27,10 @@ def _sessions(folder: Path):
 def _run_chain(folder: Path, feed: dict) -> list[np.ndarray]:
     """The parts one after another, each fed exactly the previous part's outputs (the first: the model's inputs)."""
     sessions = _sessions(folder)
-    values = feed
-    for index, session in enumerate(sessions):
+    values, previous_outputs = feed, None
+    for session in sessions:
         inputs = [arg.name for arg in session.get_inputs()]
-        if index:
+        if previous_outputs is not None:
             assert inputs == previous_outputs  # a strict chain: outputs of part i are the inputs of part i+1
         values = dict(zip([a.name for a in session.get_outputs()], session.run(None, {n: values[n] for n in inputs})))
         previous_outputs = [arg.name for arg in session.get_outputs()]

@@ -128,6 +128,22 @@ def _json_column(r, tmp):
     r["data_configs"][1]["load_dataset_config"] = {"data_name": "json", "data_files": str(tmp / "rows.jsonl")}
 
 
+def _no_input_cols(r, tmp):
+    r["data_configs"][1]["pre_process_data_config"].pop("input_cols")
+
+
+def _dummy_names(r, tmp):
+    r["data_configs"].append({"name": "dummy", "type": "DummyDataContainer", "load_dataset_config": {
+        "input_shapes": [[1, 8]], "input_names": ["input_ids", "attention_mask"]}})
+
+
+def _model_tokenizer(r, tmp):  # one line for the model folder, not one more per data config that tokenizes
+    (tmp / "no_tok").mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(Path(r["input_model"]["model_path"]) / name, tmp / "no_tok" / name)
+    r["input_model"]["model_path"] = str(tmp / "no_tok")
+
+
 def _output_dir(r, tmp):
     (tmp / "a_file").write_text("not a folder")
     r["engine"]["output_dir"] = str(tmp / "a_file" / "out")
@@ -148,6 +164,9 @@ BAD_INPUTS = {
     "empty_csv": (_empty_csv, "empty.csv is empty"),
     "header_only_csv": (_header_only_csv, "header.csv has a header (text) but no rows: it is empty"),
     "json_column": (_json_column, "input_cols[0]: 'text' is not a column of the data (its columns: sentence, label)"),
+    "no_input_cols": (_no_input_cols, "pre_process_data_config.input_cols is not set: tokenize needs the text columns"),
+    "dummy_names": (_dummy_names, "load_dataset_config has 1 input_shapes and 2 input_names"),
+    "model_tokenizer": (_model_tokenizer, "no_tok has no tokenizer"),
     "output_dir": (_output_dir, "cannot be created: "),
 }
 

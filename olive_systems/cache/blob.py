@@ -11,8 +11,8 @@ environment variable holding a connection string, or from DefaultAzureCredential
 recipe, never logged.
 
 An outage costs seconds, not minutes: with the SDK's defaults (exponential retries backing off from
-15 s, a 20 s connect and a 60 s read timeout) one call to a stopped service took 86 s. Here a
-connection or read failure is not retried, timeouts are short, and the first failure marks the
+15 s, a 20 s connect and a 60 s read timeout) one call to a stopped service took 87 s
+(benchmarks/shared_cache.py sdk-defaults). Here a connection or read failure is not retried, timeouts are short, and the first failure marks the
 service down for the rest of the run (a circuit breaker): later calls fail at once, never on the wire.
 """
 

@@ -14,8 +14,8 @@ from ..measure import DEFAULT_PRECISION, measure, progress_line, weighted
 from ..user_script import load_function
 from ..workload import shape_feed, shape_name
 from .generative import GENERATIVE_METRICS, LazyDecoder, metric_values as generative_values
-from .metrics import (TIMING_METRICS, check_prediction_shape, class_scores, classification_scores, fidelity_scores,
-                      fit_threshold, higher_is_better, huggingface_metric_values)
+from .metrics import (METRIC_TYPES, TIMING_METRICS, check_prediction_shape, class_scores, classification_scores,
+                      fidelity_scores, fit_threshold, higher_is_better, huggingface_metric_values)
 
 
 class ModelRunner:
@@ -221,10 +221,7 @@ def _timing_values(metric: dict, runner: ModelRunner, data_for, timings: dict, d
 
 
 # sub-type -> the statistic of a [resamples, calls] array of seconds (vectorized for the bootstrap)
-TIMING_SUBTYPES = {
-    "latency": ("avg", "p50", "p75", "p90", "p95", "p99", "min", "max"),
-    "throughput": ("avg", "p50", "p90", "min", "max"),
-}
+TIMING_SUBTYPES = {kind: tuple(METRIC_TYPES[kind]) for kind in ("latency", "throughput")}
 
 
 def _timing_stat(kind: str, sub: str, batch: int):

@@ -20,8 +20,8 @@ generation {ttft_ms, prefill_ms, tokens_per_second, total_ms}  (a timing metric:
 memory {peak_rss_mb, process_peak_rss_mb}
     See olive_systems.llm.memory: a fresh process loads the model and generates prompt_tokens (32)
     + new_tokens (16); peak_rss_mb is its peak over the same process with only the runtime imported.
-size_on_disk {mb}
-    Bytes of the weight files, in MiB: every .onnx file and the external data it reads; an HfModel's
+size_on_disk {mb, bytes}
+    Bytes of the weight files, in MiB (and in bytes): every .onnx file and the external data it reads; an HfModel's
     *.safetensors (else *.bin / *.pt / *.pth).
 greedy_agreement {token_match, exact_match}
     The data config's prompts (text_generation, typically use_chat_template) are continued greedily

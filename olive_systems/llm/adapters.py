@@ -127,8 +127,7 @@ class PeftAdapter:
 
     def lora_modules(self) -> list[LoraModule]:
         """The adapted modules, in file order; RecipeError for an adapter this package cannot serve."""
-        if self.adapter_type != "lora":
-            check_adapter_type(self.adapter_type, f"{self.folder}: peft_type")
+        check_adapter_type(self.adapter_type, f"{self.folder}: peft_type")
         pairs: dict[str, dict] = {}
         other = []
         for name, tensor in self.tensors.items():
@@ -181,13 +180,12 @@ def read_adapter_config(folder: Path) -> dict:
     return config
 
 
-def read_peft_adapter(path: Path | str, check_type: bool = True) -> PeftAdapter:
+def read_peft_adapter(path: Path | str) -> PeftAdapter:
     """A peft adapter folder (or a model folder with adapter/): its config and float32 weights."""
     folder = find_adapter_folder(path)
     config = read_adapter_config(folder)
     adapter = PeftAdapter(folder, config, {})
-    if check_type:
-        check_adapter_type(adapter.adapter_type, f"{folder}: peft_type")
+    check_adapter_type(adapter.adapter_type, f"{folder}: peft_type")
     weights = next((folder / name for name in PEFT_WEIGHT_FILES if (folder / name).is_file()), None)
     if weights is None:
         raise RecipeError(f"{folder} is not a complete peft adapter: it has {ADAPTER_CONFIG} but no "

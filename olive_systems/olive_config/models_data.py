@@ -98,7 +98,7 @@ class ModelsAndData:
         dc = dict(dc)
         name = dc.pop("name", None) or f"data_{len(self.data_configs)}"
         kind = dc.pop("type", "HuggingfaceContainer")
-        native_types = self.data_schema["properties"]["type"].get("enum", ["HuggingfaceContainer"])
+        native_types = self.data_schema["properties"]["type"]["enum"]
         if kind not in native_types:
             self.bad(f"{where}.type", f"{kind} is not supported; data containers here: {native_types}")
             return name
@@ -197,7 +197,9 @@ class ModelsAndData:
         if "data_dir" in load and "data_files" not in load:
             self.bad(f"{where}.data_dir", "not supported: give the files as data_files (and data_name csv/json/parquet)")
             load.pop("data_dir")
-        known = set(_hf_load_properties(self.data_schema))
+        from ..data import HF_LOAD_SCHEMA
+
+        known = set(HF_LOAD_SCHEMA["properties"])
         for key in list(load):
             if key not in known:
                 self.bad(f"{where}.{key}", f"not supported; load_dataset_config takes {sorted(known)}")
@@ -236,14 +238,8 @@ class ModelsAndData:
         post = dict(post)
         if post.get("type") in ("text_classification_post_process", "huggingface_post_process"):
             post["type"] = "argmax"
+        for key in [key for key in post if key != "type"]:  # post-processing here is called without options
+            self.bad(f"{where}.{key}", "not supported: post-processing here takes no options (post_process_data_config "
+                                       "is {type: ...})")
+            post.pop(key)
         return post
-
-
-def _hf_load_properties(data_schema: dict) -> dict:
-    """The keys of a Hugging Face load_dataset_config (inline, or in the container-type branch)."""
-    inline = data_schema["properties"]["load_dataset_config"].get("properties")
-    if inline:
-        return inline
-    from .. import data
-
-    return data.HF_LOAD_SCHEMA["properties"]

@@ -82,7 +82,7 @@ class _Translator(ModelsAndData, SystemsAndMetrics, Passes):
         for key in [key for key in raw if key in self.schema["properties"] and key not in ("extends", "$schema")]:
             self.out[key] = raw.pop(key)  # a native key (workload) in an Olive config: as it is
         for key in raw:
-            self.bad(key, f"not an Olive config key olive-systems knows; the keys are input_model, systems, data_configs, "
+            self.bad(key, "not an Olive config key olive-systems knows; the keys are input_model, systems, data_configs, "
                           "evaluators, passes, pass_flows, engine (or the engine's keys at the top level)")
         if self.azureml_client is not None:
             used = any(s.get("type") == "AzureMLSystem" for s in self.systems.values())
@@ -155,7 +155,7 @@ class _Translator(ModelsAndData, SystemsAndMetrics, Passes):
         if "execution_order" in strategy:
             native["execution_order"] = strategy.pop("execution_order")
         algorithm = strategy.pop("sampler", None) or strategy.pop("search_algorithm", None) or "exhaustive"
-        native["search_algorithm"] = {"sequential": "sequential"}.get(algorithm, algorithm)
+        native["search_algorithm"] = algorithm
         config = {**(strategy.pop("search_algorithm_config", None) or {}), **(strategy.pop("sampler_config", None) or {})}
         for key in ("num_samples", "max_samples", "seed"):
             if key in strategy:

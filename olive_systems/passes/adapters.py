@@ -167,11 +167,11 @@ def extract_lora_inputs(proto, dtype: str | None = None, dynamic_rank: bool = Tr
             name = lora_name(module["name"], role)
             if int4 is None:
                 tensors.update(cast({name: weight}, stored))
-                shape = [weight.shape[0], RANK_DIM] if role == "A" else [RANK_DIM, weight.shape[1]]
-                if not dynamic_rank:
-                    shape = list(weight.shape)
-                default = np.zeros((weight.shape[0], 0) if role == "A" else (0, weight.shape[1]), dtype=stored) \
-                    if dynamic_rank else np.zeros(weight.shape, dtype=stored)
+                if dynamic_rank:  # the default is rank 0: the base model
+                    shape = [weight.shape[0], RANK_DIM] if role == "A" else [RANK_DIM, weight.shape[1]]
+                    default = np.zeros((weight.shape[0], 0) if role == "A" else (0, weight.shape[1]), dtype=stored)
+                else:
+                    shape, default = list(weight.shape), np.zeros(weight.shape, dtype=stored)
                 graph.input.append(helper.make_tensor_value_info(name, elem[np.dtype(stored)], shape))
                 graph.initializer.append(numpy_helper.from_array(default, name))
                 inputs.append(name)

@@ -62,21 +62,12 @@ class OnnxConversion(Pass):
             dummy, keywords = self._dummy_inputs(model, hf_model, io_config, config)
             module, spec = _KeywordForward(hf_model, keywords, io_config["output_names"]), None
         if io_config.get("dynamic_axes"):  # axes come back from a job's JSON as strings; torch wants ints
-            io_config = {**io_config, "dynamic_axes": {name: {int(axis): dim for axis, dim in axes.items()} if isinstance(axes, dict) else axes
-                                                       for name, axes in io_config["dynamic_axes"].items()}}
+            from ..pytorch_model import int_axes
+
+            io_config = {**io_config, "dynamic_axes": int_axes(io_config["dynamic_axes"])}
         out_dir.mkdir(parents=True, exist_ok=True)
         onnx_path = out_dir / "model.onnx"
-        try:
-            with torch.no_grad():
-                if config["use_dynamo_exporter"]:
-                    # it emits opset 18 and up; converting down fails on Reduce* axes inputs
-                    _dynamo_export(module, dummy, io_config, onnx_path, max(config["target_opset"], 18))
-                else:
-                    torch.onnx.export(module, dummy, str(onnx_path), input_names=io_config["input_names"],
-                                      output_names=io_config["output_names"], dynamic_axes=io_config.get("dynamic_axes"),
-                                      opset_version=config["target_opset"], do_constant_folding=True, dynamo=False)
-        except Exception as exc:  # the exporter raises many types; the user needs the message, not a graph dump
-            raise PassError(f"torch.onnx.export failed: {_first_line(exc)}", "check io_config / dummy inputs") from exc
+        export_onnx(module, dummy, io_config, onnx_path, config)
         if config["fixed_param_dict"]:
             fix_dimensions(out_dir, config["fixed_param_dict"])
         adapter = model.attributes.get("adapter_path")
@@ -103,10 +94,8 @@ class OnnxConversion(Pass):
         from ..pytorch_model import PyTorchModelHandle
 
         handle = PyTorchModelHandle(model)
-        module = handle.model if dtype is None else handle.model.to(dtype)
         dummy, keywords = handle.dummy_inputs()
-        if dtype is not None:  # float inputs follow the module's dtype
-            dummy = tuple(d.to(dtype) if torch.is_floating_point(d) else d for d in dummy)
+        module, dummy = to_dtype(handle.model, dummy, dtype)
         io_config = handle.export_config()
         if isinstance(module, torch.jit.ScriptModule) and keywords is None:  # exported as it is: it cannot be wrapped
             return module, dummy, io_config
@@ -154,6 +143,34 @@ class OnnxConversion(Pass):
             else:
                 dummy.append(torch.zeros(shape, dtype=torch.int64))
         return tuple(dummy), io_config["input_names"]
+
+
+def to_dtype(module, dummy: tuple, dtype):
+    """The module and its float example inputs in the export's dtype (None: as they are)."""
+    import torch
+
+    if dtype is None:
+        return module, dummy
+    return module.to(dtype), tuple(d.to(dtype) if torch.is_floating_point(d) else d for d in dummy)
+
+
+def export_onnx(module, dummy: tuple, io_config: dict, onnx_path: Path, config: dict, what: str = "",
+                fix: str = "check io_config / dummy inputs") -> None:
+    """torch.onnx.export (or the dynamo exporter) with OnnxConversion's config; its failure as a PassError
+    (what: the message's prefix, naming the part that failed)."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            if config["use_dynamo_exporter"]:
+                # it emits opset 18 and up; converting down fails on Reduce* axes inputs
+                _dynamo_export(module, dummy, io_config, onnx_path, max(config["target_opset"], 18))
+            else:
+                torch.onnx.export(module, dummy, str(onnx_path), input_names=io_config["input_names"],
+                                  output_names=io_config["output_names"], dynamic_axes=io_config.get("dynamic_axes"),
+                                  opset_version=config["target_opset"], do_constant_folding=True, dynamo=False)
+    except Exception as exc:  # the exporter raises many types; the user needs the message, not a graph dump
+        raise PassError(f"{what}torch.onnx.export failed: {_first_line(exc)}", fix) from exc
 
 
 def _keyword_forward_class():

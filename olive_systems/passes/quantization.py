@@ -55,6 +55,7 @@ class _Quantization(Pass):
         # A fused model's shape inference leaves some weights untyped ("Unable to find data type for
         # weight_name=..."); declaring float as the default tensor type lets the quantizer go on.
         extra.setdefault("DefaultTensorType", onnx.TensorProto.FLOAT)
+        graph = onnx.load(str(source), load_external_data=False)
         kwargs = dict(
             model_input=str(source),
             model_output=str(out_dir / "model.onnx"),
@@ -62,7 +63,7 @@ class _Quantization(Pass):
             reduce_range=config["reduce_range"],
             weight_type=_quant_type(config["weight_type"]),
             op_types_to_quantize=config["op_types_to_quantize"],
-            nodes_to_exclude=_excluded_nodes(graph := onnx.load(str(source), load_external_data=False), config),
+            nodes_to_exclude=_excluded_nodes(graph, config),
             extra_options=extra,
             # writes model.onnx.data beside the output (onnxruntime names it after the model file)
             use_external_data_format=external or source.stat().st_size > EXTERNAL_DATA_THRESHOLD,

@@ -34,11 +34,6 @@ class OrtSessionParamsTuning(Pass):
 
     def run(self, model: ModelRef, config: dict, out_dir: Path, ctx: PassContext) -> ModelRef:
         providers = tuned_providers(config, ctx.accelerator.execution_provider)  # refusals before any session
-        if config["predict_with_kv_cache"] and config["data_config"]:
-            from ..errors import PassError
-
-            raise PassError("predict_with_kv_cache times a decode step on dummy inputs, and data_config names data",
-                            "drop one of them")
         feed = None
         if config["data_config"]:
             feed = ctx.load_data(config["data_config"], model).inputs[0]

@@ -62,6 +62,9 @@ def tuned_providers(config: dict, target_ep: str, check_available: bool = True) 
     if config.get("cpu_cores") and config.get("intra_op_thread_num_list"):
         raise PassError("cpu_cores and intra_op_thread_num_list both set the intra-op thread counts",
                         "give one of them")
+    if config.get("predict_with_kv_cache") and config.get("data_config"):
+        raise PassError("predict_with_kv_cache times a decode step on dummy inputs, and data_config names data",
+                        "drop one of them")
     # last: what this machine has (the checks above hold wherever the pass runs)
     if not check_available:
         return providers

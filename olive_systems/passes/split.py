@@ -299,8 +299,7 @@ class ChainSession:
     """A split model's parts as one session: the InferenceSession calls evaluation makes
     (get_inputs, get_outputs, run)."""
 
-    def __init__(self, folder: Path, sessions: list):
-        self.manifest = json.loads((Path(folder) / SPLIT_MANIFEST).read_text())
+    def __init__(self, sessions: list):
         self.sessions = sessions
 
     def get_inputs(self):
@@ -329,5 +328,5 @@ def open_session(model: ModelRef, execution_provider: str, intra_op_threads: int
         return create_session(model.onnx_path, model.inference_settings, execution_provider, intra_op_threads)
     folder = Path(model.path)
     names = json.loads((folder / SPLIT_MANIFEST).read_text())["parts"]
-    return ChainSession(folder, [create_session(folder / name, model.inference_settings, execution_provider,
-                                                intra_op_threads) for name in names])
+    return ChainSession([create_session(folder / name, model.inference_settings, execution_provider, intra_op_threads)
+                         for name in names])

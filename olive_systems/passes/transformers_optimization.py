@@ -56,6 +56,10 @@ def _head_count(hf_config: dict) -> int:
                      if hf_config.get(k)), 0))
 
 
+def _hidden_size(hf_config: dict) -> int:
+    return int(next((hf_config[k] for k in ("hidden_size", "dim", "n_embd", "d_model") if hf_config.get(k)), 0))
+
+
 def _unfused_fix(config: dict, hf_config: dict) -> str:
     """Blame num_heads / hidden_size only where the pass set them against config.json."""
     wrong = [f"{key} {config[key]} (config.json: {actual})" for key, actual in
@@ -65,10 +69,6 @@ def _unfused_fix(config: dict, hf_config: dict) -> str:
         return f"the pass sets {', '.join(wrong)}: leave them at 0 to read config.json"
     return ("the optimizer did not recognise this export's attention subgraph; set require_attention_fusion: false "
             "to keep the partly fused model")
-
-
-def _hidden_size(hf_config: dict) -> int:
-    return int(next((hf_config[k] for k in ("hidden_size", "dim", "n_embd", "d_model") if hf_config.get(k)), 0))
 
 
 class OrtTransformersOptimization(Pass):

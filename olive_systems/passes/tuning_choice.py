@@ -11,7 +11,8 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
-from ..measure import DEFAULT_PRECISION, Measurement, compare, progress_line
+from ..measure import DEFAULT_PRECISION, Measurement, compare, progress_line, weighted
+from ..workload import shape_name
 
 MEASURING_SCHEMA = {
     "workload": {"type": ["array", "null"], "default": None,
@@ -57,7 +58,7 @@ def choose(arms: dict[str, tuple[dict, Callable[[dict], Callable[[], object]]]],
     budget = float(config["budget_s"]) / len(shapes)
     measured: list[tuple[dict, Measurement]] = []
     for shape in shapes:
-        label = f"{shape['batch_size']}x{shape['sequence_length']}"
+        label = shape_name(shape)
         runs = {name: make(shape["feed"]) for name, (_, make) in arms.items()}
         measurement = compare(runs, DEFAULT, budget, warmup_num=config["warmup_num"], max_calls=config.get("test_num"),
                               precision=config["precision"],
@@ -93,22 +94,21 @@ def choose(arms: dict[str, tuple[dict, Callable[[dict], Callable[[], object]]]],
 def _record(name: str, settings: dict, measured: list[tuple[dict, Measurement]]) -> dict:
     """A setting's weighted ratio to the default: the ratio of the time the workload takes, each
     shape weighted by its share of requests times the default's time on it."""
-    shares, ratios, lows, highs, by_shape = [], [], [], [], {}
+    medians, weights, shares, ratios, lows, highs, by_shape = [], [], [], [], [], [], {}
     for shape, measurement in measured:
         median = measurement.interval(name)[0]
         share = shape["weight"] * measurement.interval(DEFAULT)[0]
         ratio, low, high = (1.0, 1.0, 1.0) if name == DEFAULT else measurement.ratio(name)
+        medians.append(median)
+        weights.append(shape["weight"])
         shares.append(share)
         ratios.append(ratio)
         lows.append(low)
         highs.append(high)
-        by_shape[f"{shape['batch_size']}x{shape['sequence_length']}"] = {
+        by_shape[shape_name(shape)] = {
             "median_ms": round(median * 1000, 4), "ratio": round(ratio, 4), "ratio_interval": [round(low, 4), round(high, 4)],
             "rounds": measurement.rounds, "stopped": measurement.stopped}
-    total = sum(shares)
-    combine = lambda values: sum(s * v for s, v in zip(shares, values)) / total  # noqa: E731
-    return {"setting": name, "ratio": round(combine(ratios), 4), "ratio_interval": [round(combine(lows), 4),
-                                                                                     round(combine(highs), 4)],
-            "median_ms": round(sum(shape["weight"] * m.interval(name)[0] for shape, m in measured) * 1000
-                               / sum(shape["weight"] for shape, _ in measured), 4),
+    return {"setting": name, "ratio": round(weighted(ratios, shares), 4),
+            "ratio_interval": [round(weighted(lows, shares), 4), round(weighted(highs, shares), 4)],
+            "median_ms": round(weighted(medians, weights) * 1000, 4),
             "by_shape": by_shape, "chosen": False}

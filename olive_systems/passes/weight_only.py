@@ -40,6 +40,7 @@ EIGHT_BIT_REFUSALS = {
 GATHER_REFUSAL = ("Gather (embedding) quantization is rtn at 4 bits only in onnxruntime 1.31; "
                   "drop Gather from op_types_to_quantize or use algorithm rtn with bits 4")
 GPTQ_NEEDS_DATA = "algorithm gptq needs calibration data: set data_config to a data_configs entry"
+GGUF_BLOCK_REFUSAL = "algorithm gguf keeps the GGUF's own blocks of 32 weights: set block_size 32"
 
 # Decoder inputs a calibration feed may leave out: filled for an empty KV cache (see _complete_feed).
 _PAST_PREFIX = "past"
@@ -95,6 +96,8 @@ class OnnxWeightOnlyQuantization(Pass):
                   for name, why in EIGHT_BIT_REFUSALS.items()),
                 {"if": when("algorithm", "gptq", "hqq"), "then": {"properties": {"op_types_to_quantize": not_gather}}},
                 {"if": when("bits", 8), "then": {"properties": {"op_types_to_quantize": not_gather}}},
+                {"if": when("algorithm", "gguf"),
+                 "then": {"properties": {"block_size": _not({"not": {"const": 32}}, GGUF_BLOCK_REFUSAL)}}},
             ],
         }
 
@@ -190,8 +193,6 @@ def _from_gguf(model: ModelRef, source: Path, config: dict, excluded: set, ctx: 
     if not gguf_path.is_file() or file_sha256(gguf_path) != origin["sha256"]:
         raise PassError(f"algorithm gguf: the GGUF file {gguf_path} the model was read from is gone or changed",
                         "restore it, or use algorithm rtn / hqq / gptq")
-    if config["block_size"] != 32:
-        raise PassError("algorithm gguf keeps the GGUF's own blocks of 32 weights", "set block_size: 32")
     proto = onnx.load(str(source))
     requantize_from_gguf(proto, gguf_path, config["accuracy_level"], excluded, ctx.log)
     return proto
@@ -208,6 +209,8 @@ def _refusal(config: dict) -> str | None:
         return GATHER_REFUSAL
     if algorithm == "gptq" and not config.get("data_config"):
         return GPTQ_NEEDS_DATA
+    if algorithm == "gguf" and config["block_size"] != 32:
+        return GGUF_BLOCK_REFUSAL
     return None
 
 

@@ -16,6 +16,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..cache.local import process_alive
+
 LABEL_SYSTEM = "olive-systems"  # value: the system's name in the recipe
 LABEL_RUN = "olive-systems.run"
 LABEL_HOST = "olive-systems.owner.host"
@@ -54,13 +56,10 @@ def owner_alive(labels: dict) -> bool:
     """Whether the process that started a container (on this host) still runs."""
     try:
         pid = int(labels[LABEL_PID])
-        os.kill(pid, 0)
     except ValueError:  # not a pid: nothing says its owner is gone
         return True
-    except ProcessLookupError:
+    if not process_alive(pid):
         return False
-    except PermissionError:  # another user's process: it exists
-        pass
     started = labels.get(LABEL_STARTED, "")
     now = process_started(pid)
     return not started or not now or started == now  # a different start time: the pid was reused

@@ -16,7 +16,7 @@ from typing import Literal
 
 from ..errors import RecipeError
 from .common import (LOG, LogLevel, WorkflowOutput, _input_model_accepts, configure_logging, engine_section,
-                     input_model, refuse, run_workflow)
+                     exported_first, input_model, refuse, run_workflow)
 
 AdapterFormat = Literal["pt", "numpy", "safetensors", "onnx_adapter"]
 AdapterDtype = Literal["float32", "float16"]
@@ -89,7 +89,6 @@ def build(args: dict) -> dict:
                "drop dynamic_lora_r, or quantize_int4")
     engine = engine_section(args)
     model = input_model(args["model_name_or_path"], args["task"])  # may download: refusals first
-    passes = {}
     if model["type"] == "HfModel":
         folder = Path(model["model_path"])
         if not (folder / ADAPTER_SUBFOLDER / ADAPTER_CONFIG).is_file():
@@ -102,10 +101,9 @@ def build(args: dict) -> dict:
                    "is a Hugging Face model with its adapter, and this olive-systems cannot yet give a recipe's "
                    "input_model an adapter", "export it first (the ONNX model of the base with its LoRA unmerged)")
         model["adapter_path"] = ADAPTER_SUBFOLDER
-        passes["conversion"] = {"type": "OnnxConversion", "config": {}}
     else:
         _check_lora_weights(Path(model["model_path"]), args["model_name_or_path"])
-    passes["extract_adapters"] = {"type": "ExtractAdapters", "config": config}
+    passes = exported_first(model, "extract_adapters", {"type": "ExtractAdapters", "config": config})
     return {
         "description": f"olive-systems generate_adapter ({args['adapter_type']}, {args['adapter_format']}): "
                        f"{args['model_name_or_path']}",

@@ -234,6 +234,12 @@ def data_config(name: str, args: dict, task: str) -> dict | None:
 
 # ---- engine section, running, saving ----
 
+def exported_first(model: dict, name: str, entry: dict) -> dict:
+    """The passes {name: entry}, after an OnnxConversion export when model is a Hugging Face model."""
+    export = {"conversion": {"type": "OnnxConversion", "config": {}}} if model["type"] == "HfModel" else {}
+    return {**export, name: entry}
+
+
 def engine_section(args: dict) -> dict:
     engine = {
         "output_dir": str(Path(args["output_path"]).expanduser().resolve()),

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from .common import (LogLevel, Precision, WorkflowOutput, data_config, engine_section, input_model, refuse,
-                     refuse_unhonoured, run_workflow)
+from .common import (LogLevel, Precision, WorkflowOutput, data_config, engine_section, exported_first, input_model,
+                     refuse, refuse_unhonoured, run_workflow)
 
 WEIGHT_ONLY_PRECISIONS = {"int4": (4, True), "uint4": (4, False), "int8": (8, True), "uint8": (8, False)}
 QUANT_TYPES = {"int8": "QInt8", "uint8": "QUInt8"}
@@ -104,10 +104,7 @@ def build(args: dict) -> dict:
                                     args["use_qdq_encoding"], data)
     engine = engine_section(args)
     model = input_model(args["model_name_or_path"], args["task"], args["trust_remote_code"])  # may download: refusals first
-    passes = {}
-    if model["type"] == "HfModel":
-        passes["conversion"] = {"type": "OnnxConversion", "config": {}}
-    passes[name] = entry
+    passes = exported_first(model, name, entry)
     return {
         "description": f"olive-systems quantize ({args['algorithm']}, {args['precision']}): {args['model_name_or_path']}",
         "input_model": model,

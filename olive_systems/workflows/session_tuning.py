@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import PassError, RecipeError
-from .common import LogLevel, WorkflowOutput, engine_section, input_model, refuse, refuse_unhonoured, run_workflow
+from .common import (LogLevel, WorkflowOutput, engine_section, exported_first, input_model, refuse, refuse_unhonoured,
+                     run_workflow)
 
 DEVICE_PROVIDERS = {"cpu": "CPUExecutionProvider", "gpu": "CUDAExecutionProvider", "npu": "QNNExecutionProvider"}
 EXECUTION_MODE_NAMES = {0: "ORT_SEQUENTIAL", 1: "ORT_PARALLEL"}
@@ -105,10 +106,7 @@ def build(args: dict) -> dict:
     model = input_model(args["model_name_or_path"], args["task"], args["trust_remote_code"])
     if args["predict_with_kv_cache"]:
         check_has_past(model)
-    passes = {}
-    if model["type"] == "HfModel":
-        passes["conversion"] = {"type": "OnnxConversion", "config": {}}
-    passes["session_params_tuning"] = {"type": "OrtSessionParamsTuning", "config": config}
+    passes = exported_first(model, "session_params_tuning", {"type": "OrtSessionParamsTuning", "config": config})
     device = "gpu" if target in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else args["device"]
     return {
         "description": f"olive-systems tune_session_params ({target}): {args['model_name_or_path']}",

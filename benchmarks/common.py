@@ -1,0 +1,23 @@
+"""What several benchmarks share: where the repository and the olive-systems entry point are, the offline
+environment the runs get, and the CPU line they print. Imported as `common` (each benchmark runs as a
+script, so its own folder is first on sys.path)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+ENV = {**os.environ, **OFFLINE}
+
+
+def cpu_flags(wanted: tuple[str, ...] = ("avx2", "avx512f", "avx512_vnni")) -> str:
+    """`avx2=yes avx512f=no ..., N cores`: the instruction sets a CPU figure depends on."""
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+    return " ".join(f"{flag}={'yes' if flag in flags else 'no'}" for flag in wanted) + f", {os.cpu_count()} cores"
