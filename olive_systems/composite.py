@@ -289,7 +289,7 @@ def evaluate(model: ModelRef, metrics: list[dict], execution_provider: str, intr
     """size_on_disk of all the components; latency of each on its example inputs, summed: a sub-type's
     value is the sum, its by_component the figure of each."""
     from .evaluation.generative import weight_bytes
-    from .evaluation.metrics import higher_is_better
+    from .evaluation.metrics import metric_records
 
     for metric in metrics:
         _check_metric(metric, f"metric '{metric['name']}'")
@@ -304,12 +304,7 @@ def evaluate(model: ModelRef, metrics: list[dict], execution_provider: str, intr
             if runners is None:
                 runners = _runners(model, execution_provider, intra_op_threads)
             values = _latency(metric, runners, details, log or (lambda message: None))
-        for sub in metric["sub_types"]:
-            if sub["name"] not in values:
-                raise RecipeError(f"metric '{metric['name']}' has no sub-type '{sub['name']}'", f"use one of {sorted(values)}")
-            results[f"{metric['name']}-{sub['name']}"] = {"value": values[sub["name"]], "priority": sub.get("priority", -1),
-                                                          "higher_is_better": higher_is_better(metric, sub),
-                                                          **details.get(sub["name"], {})}
+        results.update(metric_records(metric, values, details))
     return results, {}
 
 
@@ -324,15 +319,14 @@ def _runners(model: ModelRef, execution_provider: str, intra_op_threads) -> dict
 
 def _latency(metric: dict, runners: dict, details: dict, log) -> dict:
     """Each component timed with the metric's settings and an equal share of its budget."""
-    from .evaluation.evaluator import DEFAULT_BUDGET_S, _timing_values
+    from .evaluation.timing import DEFAULT_BUDGET_S, timing_values
 
     config = dict(metric.get("metric_config") or {})
     config["budget_s"] = float(config.get("budget_s", DEFAULT_BUDGET_S)) / len(runners)
     per_component = {}
     for name, runner in runners.items():
-        part_details: dict = {}
         shown = {**metric, "name": f"{metric['name']} [{name}]", "metric_config": config}
-        per_component[name] = (_timing_values(shown, runner, None, {}, part_details, log), part_details)
+        per_component[name] = timing_values(shown, {"model": runner}, None, {}, log)["model"]
     values = {sub: round(sum(found[sub] for found, _ in per_component.values()), 4)
               for sub in next(iter(per_component.values()))[0]}
     for sub in values:

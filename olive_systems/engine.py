@@ -3,7 +3,10 @@
 Every pass run and every evaluation is keyed by a full sha256 of what determines its result, so a
 re-run of the same recipe computes nothing and says so. Jobs run side by side up to
 engine.max_concurrency; a measurement (latency, throughput, session tuning) on this machine waits
-until it has the machine to itself (MachineLock).
+until it has the machine to itself (MachineLock). The candidates' latency and throughput, which
+rank them, are timed last, all candidates together in one job per system (_time_together): jobs
+minutes apart on a drifting machine would compare different machines. The input model is timed
+on its own, once: its figure does not change when a candidate is added.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from .cache import LocalCache, make_key
 from .concurrency import MachineLock, SingleFlight
 from .errors import OliveSystemsError, PassError, SystemUnavailable
 from .evaluation.metrics import TIMING_METRICS
+from .evaluation.timing import SIDE_BY_SIDE_METRICS
 from .measure import progress_text
 from .job import CONTRACT_VERSION, RESULT_SCHEMA, RUN_STOPPING, JobError, check, save_batches, write_json
 from .job_output import LOG_FILE
@@ -75,6 +79,9 @@ class Engine:
         self.several = len(self.targets) > 1
         evaluator = self.engine.get("evaluator")
         self.metrics = recipe["evaluators"][evaluator]["metrics"] if evaluator else []
+        # Timed together at the end; a model of several components is timed component by component, alone.
+        self.side_by_side = [] if recipe["input_model"].get("components") else \
+            [m for m in self.metrics if m["type"] in SIDE_BY_SIDE_METRICS]
         self.steps: list[dict] = []
         self.jobs: list[dict] = []  # when each job ran, where, and whether it measured
         self._started = time.perf_counter()
@@ -131,6 +138,7 @@ class Engine:
             try:
                 baselines, input_failures = self._evaluate_input(pool, input_model)
                 candidates, failures = self._search(pool, input_model, baselines)
+                failures += self._time_together(candidates)
             except BaseException as exc:
                 if not isinstance(exc, Exception):  # Ctrl-C, SIGTERM: the jobs ended now were interrupted, not killed
                     RUN_STOPPING.set()
@@ -159,7 +167,8 @@ class Engine:
         if not (self.metrics and self.engine["evaluate_input_model"]):
             return [(None, None)] * len(self.targets), []
         labels = [target.label("input model", self.several) for target in self.targets]
-        futures = [pool.submit(self._evaluate, label, input_model, target, None) for label, target in zip(labels, self.targets)]
+        futures = [pool.submit(self._evaluate, label, input_model, target, None, side_by_side=False)
+                   for label, target in zip(labels, self.targets)]
         baselines, failures = [], []
         for label, target, future in zip(labels, self.targets, futures):
             try:
@@ -239,8 +248,9 @@ class Engine:
             model = self._run_flow(flow, input_model, target, trial.point, history)
             # Without the input model's outputs (its evaluation failed) there is nothing to compare a candidate against.
             without = REFERENCE_METRICS if self.engine["evaluate_input_model"] and baseline[1] is None else ()
-            metrics, _, runtime = self._evaluate(model_id, model, target, baseline[1], without) if self.metrics \
-                else ({}, None, None)
+            # A search that learns from its candidates needs their timings now, not only at the end.
+            metrics, _, runtime = self._evaluate(model_id, model, target, baseline[1], without,
+                                                 side_by_side=not search.learns) if self.metrics else ({}, None, None)
         except SystemUnavailable:
             raise
         except OliveSystemsError as exc:
@@ -550,12 +560,14 @@ class Engine:
             return self.engine["host"]  # torch models are evaluated where torch is
         return target.system
 
-    def _evaluate(self, label: str, model: ModelRef, target: Target, reference: dict | None, without: tuple = ()):
+    def _evaluate(self, label: str, model: ModelRef, target: Target, reference: dict | None, without: tuple = (),
+                  side_by_side: bool = True):
         """Returns (metrics, reference artifacts, runtime). Quality metrics and timing metrics are two
         jobs: the first may share the machine, the second must not (it would measure its neighbours).
-        without: metric types left out (those that need the input model's outputs, when it failed)."""
+        without: metric types left out (those that need the input model's outputs, when it failed).
+        side_by_side: leave out the metrics that _time_together times for all models at the end."""
         metrics, artifacts, runtime = {}, {}, None
-        timing = [m for m in self.metrics if m["type"] in TIMING_METRICS]
+        timing = [m for m in self.metrics if m["type"] in TIMING_METRICS and not (side_by_side and m in self.side_by_side)]
         quality = [m for m in self.metrics if m["type"] not in TIMING_METRICS and m["type"] not in without]
         for group, is_timing in ((quality, False), (timing, True)):
             if group:
@@ -563,9 +575,100 @@ class Engine:
                                                                is_timing)
                 metrics.update(values)
                 artifacts = artifacts or stored
+        return self._in_metric_order(metrics), artifacts, runtime
+
+    def _in_metric_order(self, metrics: dict) -> dict:
         order = [f"{m['name']}-{sub['name']}" for m in self.metrics for sub in m["sub_types"]]
-        metrics = dict(sorted(metrics.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
-        return metrics, artifacts, runtime
+        return dict(sorted(metrics.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+
+    # ---- timing side by side ----
+
+    def _time_together(self, candidates: list[dict]) -> list[dict]:
+        """Latency and throughput of every candidate, per target, timed side by side in one job per
+        system, the first candidate (the first flow's) the reference of each ratio. Sets those figures
+        and the goals they decide; a candidate that could not be timed is removed and becomes a failure
+        record. Returns the failure records."""
+        if not self.side_by_side:
+            return []
+        goals, failures = goals_of(self.metrics), []
+        for target in self.targets:
+            accelerator = target.accelerator
+            mine = [c for c in candidates if (c["system"], c["device"], c["execution_provider"]) ==
+                    (target.system, accelerator.device, accelerator.execution_provider)]
+            groups: dict[str, list] = {}
+            for candidate in mine:
+                groups.setdefault(self._evaluation_system(candidate["model"], target), []).append(
+                    (candidate["model_id"], candidate["model"]))
+            found = {}
+            for system_name, group in groups.items():
+                found.update(self._time_group(target, system_name, group))
+            for candidate in mine:
+                values = found[candidate["model_id"]]
+                if "error" in values:
+                    failures.append(self._timing_failure(candidate["model_id"], values, accelerator,
+                                                         candidate["search_point"]))
+                    candidates.remove(candidate)
+                    continue
+                candidate["metrics"] = self._in_metric_order({**candidate["metrics"], **values})
+                candidate["missed_goals"] = missed_goals(candidate["metrics"], goals, candidate["baseline"])
+                candidate["meets_goals"] = not candidate["missed_goals"]
+        return failures
+
+    def _timing_failure(self, model_id: str, found: dict, accelerator: Accelerator, point: dict) -> dict:
+        fix = found.get("fix") or ("check that the model runs at every workload shape (a model with fixed shapes "
+                                   "runs at those only); run with --verbose for the job's log")
+        return self._failure(model_id, "timing", OliveSystemsError(found["error"], fix), accelerator, point)
+
+    def _time_group(self, target: Target, system_name: str, arms: list[tuple[str, ModelRef]]) -> dict:
+        """{label: timing metrics, or {"error", "fix"}} of models timed interleaved in one job, the first
+        the reference. The same model (and settings) twice is timed once."""
+        identity = lambda model: (model.hash, json.dumps(model.inference_settings, sort_keys=True))  # noqa: E731
+        firsts: dict = {}
+        for label, model in arms:
+            firsts.setdefault(identity(model), (label, model))
+        distinct = list(firsts.values())
+        used = sorted({m["data_config"] for m in self.side_by_side if m.get("data_config")})
+        key = make_key({
+            "kind": "timing",
+            "models": [[model.hash, model.type, model.inference_settings] for _, model in distinct],
+            "metrics": self.side_by_side,
+            "data": {name: self._fingerprint(name) for name in used},
+            "accelerator": target.accelerator.to_dict(),
+            "system": self.systems[system_name].fingerprint(("onnxruntime", "torch", "transformers")),
+        })
+        label = f"timing {len(distinct)} models" if len(distinct) > 1 else distinct[0][0]
+        for _, model in distinct:
+            self._materialize(model)
+        job = {"kind": "timing", "metrics": self.side_by_side,
+               "models": [{"name": name, "model": model.to_dict()} for name, model in distinct]}
+        try:
+            with self.flights.lock(key), self._step_on(system_name, label, True):  # key lock first, always
+                started = time.perf_counter()
+                hit = self.cache.get("evaluations", key)
+                if hit is not None and hit.pending and not self.cache.materialize(hit):
+                    hit = None  # a corrupt shared entry: time again
+                cached = hit is not None
+                if not cached:
+                    self.emit("start", label, step="timing")
+
+                    def build(folder: Path) -> dict:
+                        result, job_dir = self._dispatch(system_name, job, distinct[0][1], target.accelerator, used,
+                                                         None, label, measures=True)
+                        shutil.rmtree(job_dir, ignore_errors=True)
+                        return {"metrics": [result["metrics"][name] for name, _ in distinct], "system": system_name,
+                                "models": [name for name, _ in distinct]}
+
+                    hit = self._guarded(f"timing of {label}", lambda: self.cache.put("evaluations", key, build), ends=label)
+                seconds = round(time.perf_counter() - started, 3)
+                self.steps.append({"step": "timing", "name": label, "key": key, "cached": cached, "source": hit.source,
+                                   "seconds": seconds})
+                self.emit("cached" if cached else "done", label, step="timing", seconds=seconds, source=hit.source)
+        except SystemUnavailable:
+            raise
+        except OliveSystemsError as exc:  # the job as a whole failed: none of its models has figures
+            return {name: {"error": f"timing failed: {exc.message}", "fix": exc.fix} for name, _ in arms}
+        timed = {identity(model): found for (_, model), found in zip(distinct, hit.meta["metrics"])}
+        return {name: timed[identity(model)] for name, model in arms}
 
     def _evaluate_group(self, label: str, model: ModelRef, target: Target, metrics: list[dict], reference: dict | None,
                         timing: bool):

@@ -1,6 +1,11 @@
 """The job contract: every pass run and evaluation leaves the engine as a versioned JSON job and
 comes back as a JSON result, whichever system runs it (local, venv, docker).
 
+Kinds: `pass` (one pass on input_model), `evaluation` (metrics of input_model) and, since version 2,
+`timing` (latency / throughput of several `models` interleaved in one process, the first of them,
+also given as input_model, the reference; the result's metrics map each model's name to its
+metrics, or to {"error": ...}).
+
 Both schemas are built here and published as schemas/job.schema.json and schemas/result.schema.json.
 Pre-processed data travels as .npz files beside the job, so a runner needs no tokenizer or datasets.
 """
@@ -16,7 +21,7 @@ import numpy as np
 
 from .errors import OliveSystemsError
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION = 2
 
 _ACCELERATOR = {
     "type": "object",
@@ -43,8 +48,15 @@ JOB_SCHEMA = {
     "properties": {
         "contract_version": {"type": "integer", "minimum": 1},
         "job_id": {"type": "string"},
-        "kind": {"enum": ["pass", "evaluation"]},
+        "kind": {"enum": ["pass", "evaluation", "timing"]},
         "input_model": _MODEL,
+        "models": {
+            "type": "array",
+            "description": "timing: the models timed side by side, the reference (input_model) first",
+            "items": {"type": "object", "properties": {"name": {"type": "string"}, "model": _MODEL},
+                      "required": ["name", "model"], "additionalProperties": False},
+            "minItems": 1,
+        },
         "accelerator": _ACCELERATOR,
         "pass": {
             "type": "object",
@@ -74,6 +86,7 @@ JOB_SCHEMA = {
     "allOf": [
         {"if": {"properties": {"kind": {"const": "pass"}}}, "then": {"required": ["pass"]}},
         {"if": {"properties": {"kind": {"const": "evaluation"}}}, "then": {"required": ["metrics"]}},
+        {"if": {"properties": {"kind": {"const": "timing"}}}, "then": {"required": ["metrics", "models"]}},
     ],
     "additionalProperties": False,
 }

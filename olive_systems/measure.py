@@ -170,20 +170,26 @@ class _CpuWatch:
 def compare(arms: dict[str, Callable[[], object]], reference: str | None, budget_s: float, *,
             warmup_num: int = 5, max_calls: int | None = None, precision: float = DEFAULT_PRECISION,
             confidence: float = DEFAULT_CONFIDENCE, min_rounds: int = MIN_ROUNDS,
-            on_progress: Callable[[str], None] | None = None, seed: int = 0, pause_s: float = 0.0) -> Measurement:
+            on_progress: Callable[[str], None] | None = None, seed: int = 0, pause_s: float = 0.0,
+            until: str = "decided") -> Measurement:
     """Time the arms interleaved until every ratio to `reference` is resolved (or, with one arm and
     no reference, until its median is known to `precision`), the budget is spent, or an arm has made
-    max_calls timed calls. Warm-up is part of the budget (at most a fifth of it). pause_s: a sleep
-    after each timed call, not timed."""
+    max_calls timed calls. until "decided": each arm against the reference, resolved once the ratio
+    clears 1 or is 1 to `precision` (is it faster?); "ranked": each arm against the next faster one,
+    so the order of all arms is known, arms equal to `precision` counting as ties. Warm-up is part
+    of the budget (at most a fifth of it). pause_s: a sleep after each timed call, not timed."""
     if reference is not None and reference not in arms:
         raise ValueError(f"reference '{reference}' is not one of the arms {sorted(arms)}")
+    if until not in ("decided", "ranked"):
+        raise ValueError(f"until must be 'decided' or 'ranked', not {until!r}")
     started = time.perf_counter()
     watch = _CpuWatch()
     order = random.Random(seed)
     timed = {name: Arm(name, run) for name, run in arms.items()}
     warm_until = started + budget_s / 5
+    shown = ", ".join(timed) if len(timed) <= 3 else f"{len(timed)} models"
     if on_progress:
-        on_progress(f"timing {', '.join(timed)}: warming up ({budget_s:g} s budget)")
+        on_progress(f"timing {shown}: warming up ({budget_s:g} s budget)")
     warm: dict[str, float] = {}  # an arm's last warm-up call, if it was not its first (a cold call)
     for arm in timed.values():  # warm-up; its last call sizes the arm's block
         last = _call(arm.run)
@@ -218,18 +224,18 @@ def compare(arms: dict[str, Callable[[], object]], reference: str | None, budget
         rounds = len(next(iter(timed.values())).rounds)
         if on_progress and now - last_report >= 1.0:
             last_report = now
-            on_progress(f"timing {', '.join(timed)}: round {rounds}, {now - started:.1f} s of {budget_s:g} s")
+            on_progress(f"timing {shown}: round {rounds}, {now - started:.1f} s of {budget_s:g} s")
         if max_calls and any(len(arm.samples) + arm.block > max_calls for arm in timed.values()):
             stopped = "max_calls"
             break
-        if rounds >= min_rounds and _resolved(timed, reference, precision, confidence):
+        if rounds >= min_rounds and _resolved(timed, reference, precision, confidence, until):
             stopped = "resolved"
             break
         if now - started + round_s > budget_s:
             break
     measurement = Measurement(timed, reference, time.perf_counter() - started, stopped, watch.others(), confidence)
     if on_progress:
-        on_progress(f"timing {', '.join(timed)}: {measurement.rounds} rounds in {measurement.seconds:.1f} s ({stopped})")
+        on_progress(f"timing {shown}: {measurement.rounds} rounds in {measurement.seconds:.1f} s ({stopped})")
     return measurement
 
 
@@ -247,16 +253,16 @@ def _call(run: Callable[[], object], pause_s: float = 0.0) -> float:
     return seconds
 
 
-def _resolved(arms: dict[str, Arm], reference: str | None, precision: float, confidence: float) -> bool:
-    if reference is None:
+def _resolved(arms: dict[str, Arm], reference: str | None, precision: float, confidence: float,
+              until: str = "decided") -> bool:
+    if len(arms) == 1 or (reference is None and until == "decided"):
         return all(_median_known(arm, precision, confidence) for arm in arms.values())
-    base = arms[reference].matrix()
-    for name, arm in arms.items():
-        if name != reference:
-            ratio, low, high = ratio_interval(arm.matrix(), base, confidence, CHECK_RESAMPLES)
-            if not resolved_ratio(ratio, low, high, precision):
-                return False
-    return True
+    if until == "ranked":  # each arm against its neighbour in the order of their medians
+        ordered = sorted(arms.values(), key=lambda arm: float(np.median(arm.samples)))
+        pairs = [(faster.matrix(), slower.matrix()) for faster, slower in zip(ordered, ordered[1:])]
+    else:
+        pairs = [(arm.matrix(), arms[reference].matrix()) for name, arm in arms.items() if name != reference]
+    return all(resolved_ratio(*ratio_interval(a, b, confidence, CHECK_RESAMPLES), precision) for a, b in pairs)
 
 
 def _median_known(arm: Arm, precision: float, confidence: float) -> bool:

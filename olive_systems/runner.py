@@ -64,12 +64,13 @@ def run_job_file(job_path: str | Path, on_log=None, keyvault: str | None = None)
         if keyvault:
             load_hf_token(keyvault)
             log(f"runner: HF_TOKEN set from secret '{HF_TOKEN_SECRET}' of key vault '{keyvault}'")
-        what = job["pass"]["name"] if job["kind"] == "pass" else f"{len(job['metrics'])} metrics"
+        what = job["pass"]["name"] if job["kind"] == "pass" else f"{len(job['metrics'])} metrics" + (
+            f" of {len(job['models'])} models" if job["kind"] == "timing" else "")
         log(f"runner: {job['kind']} job {job['job_id']} ({what}) on {job['accelerator']['execution_provider']}")
         out_dir = Path(job["output_dir"])
         out_dir.mkdir(parents=True, exist_ok=True)
         with captured_output(job_path.parent / LOG_FILE, log):  # a library's prints: condensed, all in job.log
-            result.update((_run_pass if job["kind"] == "pass" else _run_evaluation)(job, out_dir, log))
+            result.update(RUNS[job["kind"]](job, out_dir, log))
         result["status"] = "succeeded"
     except OliveSystemsError as exc:
         result["error"] = {"type": type(exc).__name__, "message": exc.message, "fix": exc.fix}
@@ -187,6 +188,17 @@ def _run_evaluation(job: dict, out_dir: Path, log) -> dict:
     np.savez(out_dir / "artifacts.npz", **artifacts)
     return {"metrics": metrics, "artifacts": "artifacts.npz"}
 
+
+def _run_timing(job: dict, out_dir: Path, log) -> dict:
+    from .evaluation.timing import time_together
+    from .models import ModelRef
+
+    first_feeds = {name: batches.inputs[0] for name, (_, batches) in _data(job).items()}  # cut to each shape
+    models = [(entry["name"], ModelRef.from_dict(entry["model"])) for entry in job["models"]]
+    return {"metrics": time_together(models, job["metrics"], first_feeds, job["accelerator"]["execution_provider"], log)}
+
+
+RUNS = {"pass": _run_pass, "evaluation": _run_evaluation, "timing": _run_timing}
 
 
 def apply_path_map(job_path: Path, mapping: list[tuple[str, str]]) -> Path:

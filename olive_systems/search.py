@@ -151,6 +151,11 @@ class Search:
         return any(self.stages)
 
     @property
+    def learns(self) -> bool:
+        """Later trials depend on earlier candidates' figures, so each is needed as soon as it is made."""
+        return self.searched and (self.algorithm == "tpe" or len(self.stages) > 1 or self.stop_when_goals_met)
+
+    @property
     def done(self) -> bool:
         return self.pending == 0 and (self.stopped or self.sampler is None)
 

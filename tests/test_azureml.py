@@ -49,7 +49,7 @@ def tiny_onnx(folder: Path) -> Path:
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], [weight])
     folder.mkdir(parents=True)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), folder / "model.onnx")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), folder / "model.onnx")
     return folder
 
 
@@ -287,8 +287,8 @@ class LocalCompute:
 
 
 def test_engine_runs_independent_azureml_jobs_together(tiny_bert, tmp_path, monkeypatch):
-    """Trials on an AzureML target are submitted side by side up to engine.max_concurrency, latency
-    measurements included (each job has its own node, so they cannot disturb each other)."""
+    """Trials on an AzureML target are submitted side by side up to engine.max_concurrency (each job has
+    its own node, so they cannot disturb each other); their timings, which must compare, are one job."""
     from conftest import tiny_recipe
 
     import olive_systems
@@ -311,9 +311,8 @@ def test_engine_runs_independent_azureml_jobs_together(tiny_bert, tmp_path, monk
     assert len(output.get_output_models()) == 4
     assert {j["system"] for j in output.jobs if j["label"] != "conversion" and "input" not in j["label"]} == {"aml"}
     assert compute.most_at_once >= 3
-    timed = [j for j in output.jobs if j["system"] == "aml" and j["measures"]]
-    overlapping = lambda a, b: a["start_s"] < b["end_s"] and b["start_s"] < a["end_s"]  # noqa: E731
-    assert any(overlapping(t, j) for t in timed for j in output.jobs if j is not t)
+    # the four candidates are timed side by side, on one node, in one job
+    assert [j["label"] for j in output.jobs if j["system"] == "aml" and j["measures"]] == ["timing 4 models"]
 
 
 @pytest.mark.skipif(not all(os.environ.get(v) for v in LIVE_VARS),
@@ -791,3 +790,53 @@ def test_keyvault_failures_are_one_clear_error(job, fake_keyvault, error, cause)
     assert cause in result["error"]["message"]
     assert "az keyvault secret set --vault-name olive-kv --name hf-token" in result["error"]["fix"]
     assert "Key Vault Secrets User" in result["error"]["fix"] and "HF_TOKEN" not in os.environ
+
+
+def test_a_timing_job_mounts_every_model_and_times_them_side_by_side(tmp_path):
+    """A timing job names several models: each becomes an input of its own, mapped in the command, and
+    the runner times them all in one process against the mounts."""
+    first, second = tiny_onnx(tmp_path / "a").resolve(), tiny_onnx(tmp_path / "b").resolve()
+    job_dir = (tmp_path / "jobs" / "job1").resolve()
+    job_dir.mkdir(parents=True)
+    models = [{"name": name, "model": {"type": "OnnxModel", "path": str(path), "hash": "0" * 64}}
+              for name, path in (("first", first), ("second", second))]
+    write_json(job_dir / "job.json", {
+        "contract_version": CONTRACT_VERSION, "job_id": "job1", "kind": "timing", "models": models,
+        "metrics": [{"name": "latency", "type": "latency", "sub_types": [{"name": "p50", "priority": 1}],
+                     "metric_config": {"budget_s": 0.2, "warmup_num": 2}}],
+        "input_model": models[0]["model"], "accelerator": {"device": "cpu", "execution_provider": "CPUExecutionProvider"},
+        "data": {}, "output_dir": str(job_dir / "output"), "timeout_s": 600,
+    })
+    loaded = load_job(AzureMLSystem(SYSTEM).write_job_yaml(job_dir / "job.json", tmp_path / "job.yaml"))
+    assert (loaded.inputs["model"].path, loaded.inputs["model_1"].path) == (str(first), str(second))
+    assert f"--map {second}=${{{{inputs.model_1}}}}" in loaded.command
+    mounts = tmp_path / "mnt"
+    shutil.copytree(job_dir, mounts / "job_dir")
+    shutil.copytree(first, mounts / "model")
+    shutil.copytree(second, mounts / "model_1")
+    (mounts / "result").mkdir()
+    command = loaded.command.replace("python ", f"{sys.executable} ", 1)
+    for name, target in {"${{inputs.job}}": mounts / "job_dir" / "job.json", "${{inputs.job_dir}}": mounts / "job_dir",
+                         "${{inputs.model}}": mounts / "model", "${{inputs.model_1}}": mounts / "model_1",
+                         "${{outputs.result}}": mounts / "result"}.items():
+        command = command.replace(name, str(target))
+    shutil.rmtree(tmp_path / "a")  # only the mounts are there for the job to read
+    shutil.rmtree(tmp_path / "b")
+    run = subprocess.run(command, shell=True, cwd=loaded.code, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": ""})
+    assert run.returncode == 0, run.stderr
+    result = json.loads((mounts / "result" / "result.json").read_text())
+    assert result["status"] == "succeeded", result["error"]
+    assert set(result["metrics"]) == {"first", "second"}, result["metrics"]
+    assert all(found["latency-p50"]["value"] > 0 for found in result["metrics"].values())
+
+
+def test_a_timing_job_without_its_models_is_refused(tmp_path):
+    from olive_systems.job import JOB_SCHEMA, JobError
+
+    job = {"contract_version": CONTRACT_VERSION, "job_id": "j", "kind": "timing", "metrics": [],
+           "input_model": {"type": "OnnxModel", "path": "/m", "hash": "0" * 64},
+           "accelerator": {"device": "cpu", "execution_provider": "CPUExecutionProvider"},
+           "data": {}, "output_dir": "/o", "timeout_s": 1}
+    with pytest.raises(JobError, match="models"):
+        check(job, JOB_SCHEMA, "job")

@@ -72,7 +72,7 @@ def test_a_decoder_shape_given_to_a_latency_metric_is_refused_before_any_work(ti
 
 def _candidate(name, by_shape: dict, fidelity=0.995):
     """A candidate whose latency-p50 is the weighted figure of its shapes, as the evaluator writes it."""
-    from olive_systems.evaluation.evaluator import _combine
+    from olive_systems.evaluation.timing import _combine
 
     shapes = [({"batch_size": int(label.split("x")[0]), "weight": weight}, value) for label, (value, weight) in by_shape.items()]
     return {"model_id": name, "metrics": {
@@ -97,7 +97,7 @@ def test_ranking_follows_the_weighted_workload_and_each_shape_gets_its_own_winne
 
 
 def test_a_workloads_throughput_is_samples_over_the_time_they_take():
-    from olive_systems.evaluation.evaluator import _combine
+    from olive_systems.evaluation.timing import _combine
 
     # 3 requests of batch 1 at 100 samples/s (30 ms) and 1 of batch 8 at 200 samples/s (40 ms): 11 samples in 70 ms
     figures = [({"batch_size": 1, "weight": 3}, 100.0), ({"batch_size": 8, "weight": 1}, 200.0)]
@@ -261,16 +261,65 @@ def test_timing_shows_progress(workload_runs):
     _, _, _, events = workload_runs
     shown = [(e["name"], e["message"]) for e in events if e["kind"] == "progress"]
     assert any(name == "input model" and text.startswith("latency 4x16: timing") for name, text in shown)
+    assert any(name == "timing 2 models" and text.startswith("latency 4x16: timing") for name, text in shown)
     assert any(name == "tuning" and text.startswith("1x32: timing") for name, text in shown)
     assert not any("progress: " in e["message"] for e in events if e["kind"] == "log")
 
 
-def test_the_input_models_timing_is_cached_on_a_rerun(workload_runs):
+def test_the_candidates_are_timed_side_by_side_in_one_job_and_the_input_model_alone(workload_runs):
+    _, first, _, _ = workload_runs
+    assert [s["name"] for s in first.steps if s["step"] == "timing"] == ["input model", "timing 2 models"]
+    assert [j["label"] for j in first.jobs if j["measures"] and j["kind"] != "pass"] == ["input model", "timing 2 models"]
+    reference = first.get_output_model_by_id("conversion").metrics["latency-p50"]["by_shape"]  # the first flow's
+    assert all(shape["timed_with"] == 2 and "median_ratio" not in shape for shape in reference.values())
+    by_shape = first.get_output_model_by_id("conversion-tuning").metrics["latency-p50"]["by_shape"]
+    for name, shape in by_shape.items():
+        low, high = shape["median_ratio_interval"]
+        assert shape["timed_with"] == 2 and low <= shape["median_ratio"] <= high
+        # the same rounds of both: the ratio of their medians is the ratio of their figures
+        assert shape["median_ratio"] == pytest.approx(shape["value"] / reference[name]["value"], rel=0.01)
+    assert "timed_with" not in first.input_model_metrics["latency-p50"]["by_shape"]["1x16"]
+
+
+def test_the_timing_is_cached_on_a_rerun(workload_runs):
     _, first, second, _ = workload_runs
-    timing = lambda output: [s for s in output.steps if s["step"] == "timing" and s["name"] == "input model"]  # noqa: E731
-    assert [s["cached"] for s in timing(first)] == [False]
-    assert [s["cached"] for s in timing(second)] == [True]
+    timing = lambda output: [s for s in output.steps if s["step"] == "timing"]  # noqa: E731
+    assert [s["cached"] for s in timing(first)] == [False, False]
+    assert [s["cached"] for s in timing(second)] == [True, True]
     assert second.input_model_metrics["latency-p50"] == first.input_model_metrics["latency-p50"]
+    assert second.get_output_model_by_id("conversion").metrics == first.get_output_model_by_id("conversion").metrics
+
+
+def test_a_candidate_that_cannot_run_at_a_workload_shape_fails_alone(tiny_bert, tmp_path):
+    """A model fixed to batch 1 cannot serve the workload's batch 4: that candidate fails, and the others
+    are timed side by side without it."""
+    recipe = tiny_recipe(tiny_bert, tmp_path, workload=copy.deepcopy(WORKLOAD))
+    latency = recipe["evaluators"]["common"]["metrics"][0]
+    latency["metric_config"] = {"warmup_num": 2, "budget_s": 0.5}
+    recipe["evaluators"]["common"]["metrics"] = [latency]  # the others run batches of 16
+    recipe["passes"]["fixed"] = {"type": "DynamicToFixedShape",
+                                 "config": {"dim_param": ["batch_size"], "dim_value": [1]}}
+    recipe["pass_flows"] = [["conversion"], ["conversion", "dynamic"], ["conversion", "fixed"]]
+    output = olive_systems.run(recipe)
+    [failure] = output.failures
+    assert failure["model_id"] == "conversion-fixed" and failure["step"] == "timing"
+    assert "4x16" in failure["error"] and failure["fix"], failure
+    assert sorted(m.model_id for m in output.get_output_models()) == ["conversion", "conversion-dynamic"]
+    timed = output.get_output_model_by_id("conversion-dynamic").metrics["latency-p50"]["by_shape"]
+    assert all(shape["timed_with"] == 2 for shape in timed.values())
+
+
+def test_a_search_that_learns_gets_each_candidates_timing_as_it_is_made(tiny_bert, tmp_path):
+    recipe = tiny_recipe(tiny_bert, tmp_path)
+    recipe["passes"]["dynamic"]["config"] = {"per_channel": {"choices": [True, False]}}
+    recipe["pass_flows"] = [["conversion", "dynamic"]]
+    recipe["engine"]["search_strategy"] = {"search_algorithm": "tpe", "search_algorithm_config": {"num_samples": 2}}
+    output = olive_systems.run(recipe)
+    alone = [j["label"] for j in output.jobs if j["kind"] == "evaluation" and j["measures"]]
+    assert sorted(alone) == ["conversion-dynamic_0", "conversion-dynamic_1", "input model"]  # for the sampler
+    assert [j["label"] for j in output.jobs if j["kind"] == "timing"] == ["timing 2 models"]  # for the ranking
+    for model in output.get_output_models():
+        assert model.metrics["latency-p50"].get("interval")
 
 
 def test_tuning_records_its_comparison_with_the_default(workload_runs):

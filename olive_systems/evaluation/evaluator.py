@@ -10,12 +10,13 @@ from ..data import Batches, pooled, post_process
 from ..errors import OliveSystemsError, RecipeError
 from ..models import ModelRef
 from ..ort import dummy_feed
-from ..measure import DEFAULT_PRECISION, measure, progress_line, weighted
+from ..measure import weighted
 from ..user_script import load_function
-from ..workload import shape_feed, shape_name
+from ..workload import shape_name
 from .generative import GENERATIVE_METRICS, LazyDecoder, metric_values as generative_values
-from .metrics import (METRIC_TYPES, TIMING_METRICS, check_prediction_shape, class_scores, classification_scores,
-                      fidelity_scores, fit_threshold, higher_is_better, huggingface_metric_values)
+from .metrics import (TIMING_METRICS, check_prediction_shape, class_scores, classification_scores, fidelity_scores,
+                      fit_threshold, huggingface_metric_values, metric_records)
+from .timing import timing_values
 
 
 class ModelRunner:
@@ -110,19 +111,11 @@ def evaluate(model: ModelRef, metrics: list[dict], data: dict[str, tuple[dict, B
         elif metric["type"] in GENERATIVE_METRICS:
             values = generative_values(metric, model, decoder, data, reference, artifacts)
         elif metric["type"] in ("latency", "throughput"):
-            values = _timing_values(metric, runner(), data_for, timings, details, log or (lambda message: None))
+            base = data_for(metric["data_config"], infer=False)[0].inputs[0] if metric.get("data_config") else None
+            values, details = timing_values(metric, {"model": runner()}, base, timings, log or (lambda message: None))["model"]
         else:
             values = _metric_values(metric, runner(), data_for, data_configs, reference, artifacts)
-        for sub in metric["sub_types"]:
-            if sub["name"] not in values:
-                raise RecipeError(f"metric '{metric['name']}' has no sub-type '{sub['name']}'",
-                                  f"use one of {sorted(values)}")
-            results[f"{metric['name']}-{sub['name']}"] = {
-                "value": values[sub["name"]],
-                "priority": sub.get("priority", -1),
-                "higher_is_better": higher_is_better(metric, sub),
-                **details.get(sub["name"], {}),
-            }
+        results.update(metric_records(metric, values, details))
     return results, artifacts
 
 
@@ -161,104 +154,6 @@ def _metric_values(metric, runner, data_for, data_configs, reference, artifacts)
                          metric.get("user_config", {}).get("metric_func", ""), f"metric '{name}'")
     value = func(predictions, batches.targets)
     return {k: float(v) for k, v in value.items()} if isinstance(value, dict) else {metric["sub_types"][0]["name"]: float(value)}
-
-
-# ---- timing (olive_systems.measure): budgeted, per workload shape, with intervals ----
-
-DEFAULT_BUDGET_S = 10.0
-
-
-def _timing_values(metric: dict, runner: ModelRunner, data_for, timings: dict, details: dict, log) -> dict:
-    """Each sub-type's weighted figure over the metric's workload (or its one feed); details get the
-    interval of each figure and, with a workload, every shape's figure and interval."""
-    kind, config = metric["type"], metric.get("metric_config", {})
-    base = data_for(metric["data_config"], infer=False)[0].inputs[0] if metric.get("data_config") else None
-    shapes = metric.get("workload")
-    if not shapes:
-        feed = base if base is not None else runner.dummy_feed()
-        first = np.asarray(next(iter(feed.values())))
-        shapes = [{"batch_size": int(first.shape[0]), "sequence_length": int(first.shape[-1]), "weight": 1, "feed": feed}]
-    budget = float(config.get("budget_s", DEFAULT_BUDGET_S)) / len(shapes)
-    per_shape = []
-    for shape in shapes:
-        label = shape_name(shape)
-        key = (metric.get("data_config"), label)
-        if key not in timings:
-            feed = shape.get("feed") or shape_feed(base, runner.input_names, shape, lambda b, s: _dummy(runner, b, s))
-            shown = f"{metric['name']} {label}"
-            timings[key] = measure(lambda feed=feed: runner(feed), budget, warmup_num=config.get("warmup_num", 10),
-                                   max_calls=config.get("repeat_test_num"), pause_s=config.get("sleep_num", 0),
-                                   precision=config.get("precision", DEFAULT_PRECISION),
-                                   on_progress=lambda message, shown=shown: log(progress_line(f"{shown}: {message}")))
-        per_shape.append((shape, label, timings[key]))
-    values = {}
-    declared = {s["name"] for s in metric["sub_types"]}
-    for sub in TIMING_SUBTYPES[kind]:  # every one, so an unknown sub-type's error can list them
-        if sub not in declared:  # its figure only: no interval to bootstrap
-            figures = [(shape, _timing_stat(kind, sub, shape["batch_size"])(measured.arms["model"].matrix().reshape(1, -1))[0])
-                       for shape, _, measured in per_shape]
-            values[sub] = round(float(_combine(kind, figures)), 4)
-            continue
-        figures = []
-        for shape, label, measured in per_shape:
-            stat = _timing_stat(kind, sub, shape["batch_size"])
-            value, low, high = measured.interval("model", stat)
-            figures.append((shape, label, value, sorted((low, high)), measured))
-        values[sub] = round(_combine(kind, [(f[0], f[2]) for f in figures]), 4)
-        low = _combine(kind, [(f[0], f[3][0]) for f in figures])
-        high = _combine(kind, [(f[0], f[3][1]) for f in figures])
-        details[sub] = {"interval": [round(low, 4), round(high, 4)]}
-        if metric.get("workload"):
-            details[sub]["by_shape"] = {
-                label: {"value": round(value, 4), "interval": [round(bounds[0], 4), round(bounds[1], 4)],
-                        "weight": shape["weight"], "batch_size": shape["batch_size"],
-                        "sequence_length": shape["sequence_length"], "rounds": measured.rounds,
-                        "calls": len(measured.arms["model"].samples), "seconds": round(measured.seconds, 3),
-                        "stopped": measured.stopped,
-                        "others_cpu": None if measured.others_cpu is None else round(measured.others_cpu, 3)}
-                for shape, label, value, bounds, measured in figures}
-    return values
-
-
-# sub-type -> the statistic of a [resamples, calls] array of seconds (vectorized for the bootstrap)
-TIMING_SUBTYPES = {kind: tuple(METRIC_TYPES[kind]) for kind in ("latency", "throughput")}
-
-
-def _timing_stat(kind: str, sub: str, batch: int):
-    if kind == "latency":
-        if sub == "avg":
-            return lambda rows: rows.mean(axis=1) * 1000
-        if sub in ("min", "max"):
-            return lambda rows: getattr(rows, sub)(axis=1) * 1000
-        return lambda rows: np.percentile(rows, float(sub[1:]), axis=1) * 1000
-    # throughput in samples/s: the q-th percentile of per-call throughput is batch over the (100-q)-th of time
-    if sub == "avg":
-        return lambda rows: batch / rows.mean(axis=1)
-    if sub == "min":
-        return lambda rows: batch / rows.max(axis=1)
-    if sub == "max":
-        return lambda rows: batch / rows.min(axis=1)
-    return lambda rows: batch / np.percentile(rows, 100 - float(sub[1:]), axis=1)
-
-
-def _combine(kind: str, figures: list[tuple[dict, float]]) -> float:
-    """A workload's figure: weights are shares of requests. Latency: the expected ms per request;
-    throughput: samples served over the time they take."""
-    weights = [shape["weight"] for shape, _ in figures]
-    if kind == "latency":
-        return weighted([value for _, value in figures], weights)
-    samples = sum(w * shape["batch_size"] for w, (shape, _) in zip(weights, figures))
-    seconds = sum(w * shape["batch_size"] / value for w, (shape, value) in zip(weights, figures))
-    return samples / seconds
-
-
-def _dummy(runner: ModelRunner, batch: int, sequence: int) -> dict:
-    """Zeros (ones for a mask) of batch x sequence under the model's input names."""
-    if runner.model.type == "OnnxModel":
-        return dummy_feed(runner.session, batch, sequence)
-    feed = runner.dummy_feed()
-    return {name: (np.ones if "mask" in name else np.zeros)((batch, sequence), dtype=np.asarray(value).dtype)
-            for name, value in feed.items()}
 
 
 def _generation_by_shape(metric: dict, details: dict, values_for) -> dict:

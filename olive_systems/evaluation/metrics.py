@@ -72,11 +72,13 @@ METRIC_SCHEMA = {
                 "repeat_test_num": {"type": "integer", "minimum": 1},
                 "sleep_num": {"type": "number", "minimum": 0},
                 "budget_s": {"type": "number", "exclusiveMinimum": 0,
-                             "description": "latency/throughput: seconds for the whole timing (warm-up included), "
-                                            "shared by the workload's shapes (default 10)"},
+                             "description": "latency/throughput: seconds of timing per model (warm-up included), "
+                                            "shared by the workload's shapes; candidates timed side by side get this "
+                                            "times their number (default 10)"},
                 "precision": {"type": "number", "exclusiveMinimum": 0, "maximum": 1,
-                              "description": "latency/throughput: stop once the median is known to this relative "
-                                             "half-width (default 0.02)"},
+                              "description": "latency/throughput: a model alone stops once its median is known to "
+                                             "this relative half-width; models side by side once neighbours differ "
+                                             "beyond the interval or are equal to it (default 0.02)"},
                 "pooling": {"enum": ["mean", "cls", "none"]},
                 "prompt_tokens": {"type": "integer", "minimum": 1,
                                   "description": "generation/memory: prompt length in tokens (the data config's first "
@@ -252,3 +254,15 @@ def meets_goal(goal: dict, value: float, baseline: float | None, higher: bool) -
     if kind.startswith("percent-"):
         delta = delta / abs(baseline) * 100 if baseline else 0.0
     return delta >= -target if kind.endswith("max-degradation") else delta >= target
+
+
+def metric_records(metric: dict, values: dict, details: dict) -> dict:
+    """evaluate()'s record of each declared sub-type of a metric, from its values and details by sub-type."""
+    results = {}
+    for sub in metric["sub_types"]:
+        if sub["name"] not in values:
+            raise RecipeError(f"metric '{metric['name']}' has no sub-type '{sub['name']}'", f"use one of {sorted(values)}")
+        results[f"{metric['name']}-{sub['name']}"] = {"value": values[sub["name"]], "priority": sub.get("priority", -1),
+                                                      "higher_is_better": higher_is_better(metric, sub),
+                                                      **details.get(sub["name"], {})}
+    return results

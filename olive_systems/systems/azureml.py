@@ -111,6 +111,8 @@ class AzureMLSystem:
         maps = [(str(job_dir / "output"), f"${{{{outputs.{OUTPUT_NAME}}}}}/output"),
                 (str(job_dir), "${{inputs.job_dir}}"),
                 (model_path, "${{inputs.model}}")]  # a local folder or an azureml: reference, mounted alike
+        others = {f"model_{index}": entry["model"] for index, entry in enumerate(job.get("models", [])[1:], start=1)}
+        maps += [(model["path"], f"${{{{inputs.{name}}}}}") for name, model in others.items()]  # timing: models side by side
         arguments = " ".join(f"--map {shlex.quote(old)}={new}" for old, new in maps)
         variables = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
         if self.config.get("keyvault_name"):  # a name, never a secret: the runner reads hf-token there with the
@@ -128,7 +130,8 @@ class AzureMLSystem:
             instance_count=int(self.config.get("instance_count", 1)),
             inputs={"job": Input(type="uri_file", path=str(job_path)),
                     "job_dir": Input(type="uri_folder", path=str(job_dir)),
-                    "model": _model_input(model_input)},
+                    "model": _model_input(model_input),
+                    **{name: _model_input(model.get("source_reference") or model["path"]) for name, model in others.items()}},
             outputs={OUTPUT_NAME: Output(type="uri_folder", mode="rw_mount")},
             timeout=int(job.get("timeout_s", self.config.get("timeout_s", 3600))),
         )
