@@ -103,7 +103,7 @@ def main() -> int:
                     process.terminate()
                     process.join()
             print(f"loaded run {run + 1}: {seconds:.1f} s; chose {result['settings']['session_options'] or 'the default'}; "
-                  f"{result['decision']['reason']} (others used {result['decision']['others_cpu']:.2f} cores)", flush=True)
+                  f"{result['decision']['reason']}; others used {result['decision']['others_cpu']:.2f} cores", flush=True)
             chosen.append(result["settings"])
         from olive_systems.passes.session_tuning import OrtSessionParamsTuning
         from olive_systems.passes.session_tuning_options import candidate_settings

@@ -15,13 +15,15 @@ model's timing step (target <= 10 s).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from common import REPO, cpu_flags
+
 sys.path.insert(0, str(REPO))
 RECIPE = REPO / "recipes" / "bert_ptq_workload.yaml"
 FIDELITY = "fidelity-cosine_mean"
@@ -76,6 +78,7 @@ def main() -> int:
     from olive_systems.recipe import load_recipe
     from olive_systems.workload import shape_name
 
+    print(f"CPU: {cpu_flags()}; load average at start {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
     root = args.keep or Path(tempfile.mkdtemp(prefix="workload-bench-"))
     try:
         started = time.perf_counter()

@@ -641,28 +641,16 @@ class Engine:
             self._materialize(model)
         job = {"kind": "timing", "metrics": self.side_by_side,
                "models": [{"name": name, "model": model.to_dict()} for name, model in distinct]}
+
+        def build(folder: Path) -> dict:
+            result, job_dir = self._dispatch(system_name, job, distinct[0][1], target.accelerator, used, None, label,
+                                             measures=True)
+            shutil.rmtree(job_dir, ignore_errors=True)
+            return {"metrics": [result["metrics"][name] for name, _ in distinct], "system": system_name,
+                    "models": [name for name, _ in distinct]}
+
         try:
-            with self.flights.lock(key), self._step_on(system_name, label, True):  # key lock first, always
-                started = time.perf_counter()
-                hit = self.cache.get("evaluations", key)
-                if hit is not None and hit.pending and not self.cache.materialize(hit):
-                    hit = None  # a corrupt shared entry: time again
-                cached = hit is not None
-                if not cached:
-                    self.emit("start", label, step="timing")
-
-                    def build(folder: Path) -> dict:
-                        result, job_dir = self._dispatch(system_name, job, distinct[0][1], target.accelerator, used,
-                                                         None, label, measures=True)
-                        shutil.rmtree(job_dir, ignore_errors=True)
-                        return {"metrics": [result["metrics"][name] for name, _ in distinct], "system": system_name,
-                                "models": [name for name, _ in distinct]}
-
-                    hit = self._guarded(f"timing of {label}", lambda: self.cache.put("evaluations", key, build), ends=label)
-                seconds = round(time.perf_counter() - started, 3)
-                self.steps.append({"step": "timing", "name": label, "key": key, "cached": cached, "source": hit.source,
-                                   "seconds": seconds})
-                self.emit("cached" if cached else "done", label, step="timing", seconds=seconds, source=hit.source)
+            hit = self._scored(key, label, "timing", f"timing of {label}", system_name, True, build)
         except SystemUnavailable:
             raise
         except OliveSystemsError as exc:  # the job as a whole failed: none of its models has figures
@@ -685,38 +673,44 @@ class Engine:
             "reference": reference.get("__key__") if reference else None,
             "system": self.systems[system_name].fingerprint(("onnxruntime", "torch", "transformers")),
         })
-        step = "timing" if timing else "evaluation"
         self._materialize(model)
-        with self.flights.lock(key), self._step_on(system_name, label, timing):  # key lock first, always
+
+        def build(folder: Path) -> dict:
+            result, job_dir = self._dispatch(system_name, {"kind": "evaluation", "metrics": metrics}, model,
+                                             target.accelerator, used, reference, label, measures=timing)
+            os.rename(job_dir / "output" / result["artifacts"], folder / "artifacts.npz")
+            shutil.rmtree(job_dir, ignore_errors=True)
+            return {"metrics": result["metrics"], "model": label, "system": system_name, "runtime": result.get("runtime")}
+
+        hit = self._scored(key, label, "timing" if timing else "evaluation", f"evaluation of {label}", system_name,
+                           timing, build, shows_metrics=True)
+        with np.load(hit.path / "artifacts.npz") as stored:
+            artifacts = {name: stored[name] for name in stored.files}
+        artifacts["__key__"] = key
+        runtime = hit.meta.get("runtime") or {}
+        return hit.meta["metrics"], artifacts, (
+            {"package": runtime.get("package") or "onnxruntime", "version": runtime["onnxruntime"]}
+            if runtime.get("onnxruntime") and model.type == "OnnxModel" else None)
+
+    def _scored(self, key: str, label: str, step: str, what: str, system_name: str, measures: bool,
+                build: Callable[[Path], dict], shows_metrics: bool = False):
+        """An evaluation or timing step: its cache entry, or build(folder) run on the system while holding
+        the key's lock, then the machine (shared, or alone when it measures). Recorded as a step."""
+        with self.flights.lock(key), self._step_on(system_name, label, measures):  # key lock first, always
             started = time.perf_counter()
             hit = self.cache.get("evaluations", key)
             if hit is not None and hit.pending and not self.cache.materialize(hit):
-                hit = None  # a corrupt shared evaluation: evaluate again
+                hit = None  # a corrupt shared entry: computed again
             cached = hit is not None
             if not cached:
                 self.emit("start", label, step=step)
-
-                def build(folder: Path) -> dict:
-                    result, job_dir = self._dispatch(system_name, {"kind": "evaluation", "metrics": metrics}, model,
-                                                     target.accelerator, used, reference, label, measures=timing)
-                    os.rename(job_dir / "output" / result["artifacts"], folder / "artifacts.npz")
-                    shutil.rmtree(job_dir, ignore_errors=True)
-                    return {"metrics": result["metrics"], "model": label, "system": system_name,
-                            "runtime": result.get("runtime")}
-
-                hit = self._guarded(f"evaluation of {label}", lambda: self.cache.put("evaluations", key, build), ends=label)
-            with np.load(hit.path / "artifacts.npz") as stored:
-                artifacts = {name: stored[name] for name in stored.files}
-            artifacts["__key__"] = key
+                hit = self._guarded(what, lambda: self.cache.put("evaluations", key, build), ends=label)
             seconds = round(time.perf_counter() - started, 3)
             self.steps.append({"step": step, "name": label, "key": key, "cached": cached, "source": hit.source,
                                "seconds": seconds})
-            self.emit("cached" if cached else "done", label, step=step, seconds=seconds, source=hit.source,
-                      metrics={k: v["value"] for k, v in hit.meta["metrics"].items()})
-            runtime = hit.meta.get("runtime") or {}
-            return hit.meta["metrics"], artifacts, (
-                {"package": runtime.get("package") or "onnxruntime", "version": runtime["onnxruntime"]}
-                if runtime.get("onnxruntime") and model.type == "OnnxModel" else None)
+            shown = {"metrics": {k: v["value"] for k, v in hit.meta["metrics"].items()}} if shows_metrics else {}
+            self.emit("cached" if cached else "done", label, step=step, seconds=seconds, source=hit.source, **shown)
+        return hit
 
 
 def _point_text(values: dict) -> dict:

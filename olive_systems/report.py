@@ -311,7 +311,12 @@ def _metric_cell(entry: dict) -> str:
     lines = [f'{_e(_fmt(entry.get("value")))}<small class="interval">{_e(_interval(entry))}</small>']
     for shape, figure in (entry.get("by_shape") or {}).items():
         rank = f", rank {figure['rank']}" if figure.get("rank") is not None else ""
-        lines.append(f'<small class="shape">{_e(shape)}: {_e(_fmt(figure.get("value")))}{_e(_interval(figure))}{_e(rank)}</small>')
+        ratio = ""
+        if isinstance(figure.get("median_ratio"), (int, float)):  # timed side by side with the first candidate
+            ratio = f", x{figure['median_ratio']:.3g}{_interval({'interval': figure.get('median_ratio_interval')})}"
+        lines.append(f'<small class="shape" title="shape: figure [95% interval], rank at this shape, median ratio to '
+                     f'the first candidate timed in the same rounds">{_e(shape)}: {_e(_fmt(figure.get("value")))}'
+                     f'{_e(_interval(figure))}{_e(rank)}{_e(ratio)}</small>')
     return f'<td class="num">{"<br>".join(lines)}</td>'
 
 
