@@ -154,6 +154,23 @@ def test_compare_stops_when_resolved_and_never_past_its_budget(monkeypatch):
     assert noisy.stopped == "budget" and noisy.seconds <= 3.0 + 0.1
 
 
+def test_ranking_arms_goes_on_until_neighbours_are_told_apart(monkeypatch):
+    """Two candidates 3% apart, both far faster than the reference: against the reference alone it is
+    decided at once; ranked, it goes on until the two are told apart, and orders them right."""
+    clock = FakeClock(monkeypatch)
+    arms = lambda: {"ref": clock.arm(0.004, 0.3), "a": clock.arm(0.00200, 0.3), "b": clock.arm(0.00206, 0.3)}  # noqa: E731
+    decided = measure.compare(arms(), "ref", 60.0, precision=0.005)
+    clock.now = 0.0
+    ranked = measure.compare(arms(), "ref", 60.0, precision=0.005, until="ranked")
+    assert decided.stopped == ranked.stopped == "resolved"
+    assert ranked.rounds > decided.rounds
+    ratio, low, high = measure.ratio_interval(ranked.arms["a"].matrix(), ranked.arms["b"].matrix(),
+                                              resamples=measure.CHECK_RESAMPLES)
+    assert high < 1 and 0.9 < ratio < 1  # a is faster than b beyond the interval it stopped on
+    with pytest.raises(ValueError, match="until"):
+        measure.compare(arms(), "ref", 1.0, until="sorted")
+
+
 def test_calls_slower_than_the_budget_cost_one_warm_call_each(monkeypatch):
     clock = FakeClock(monkeypatch)
     # the first call of each (the warm-up) spends the budget: one more call each, never a cold first call as the figure
