@@ -219,6 +219,21 @@ def test_generation_memory_and_size(tiny_llama):
     assert hf_size["size-mb"]["value"] == round((Path(hf.path) / "model.safetensors").stat().st_size / 2**20, 4)
 
 
+def test_generation_stops_at_its_time_budget_and_shows_progress(tiny_llama):
+    from olive_systems.evaluation.evaluator import evaluate
+    from olive_systems.measure import progress_text
+
+    _, onnx_ref, _ = tiny_llama
+    metric = {"name": "gen", "type": "generation", "sub_types": [{"name": "tokens_per_second"}],
+              "metric_config": {"prompt_tokens": 16, "new_tokens": 8, "repeat_test_num": 100000, "budget_s": 0.5}}
+    lines = []
+    results, _ = evaluate(onnx_ref, [metric], {}, "CPUExecutionProvider", None, log=lines.append)
+    shown = [progress_text(line) for line in lines if progress_text(line)]
+    assert shown and all(text.startswith("gen 16+8: run ") for text in shown)
+    runs = int(shown[-1].split()[3])
+    assert 1 <= runs < 100000 and results["gen-tokens_per_second"]["value"] > 0  # the budget ended it, not the count
+
+
 def test_too_long_prompt_is_a_recipe_error_before_timing(tiny_llama, monkeypatch):
     from olive_systems.evaluation import generative
     from olive_systems.evaluation.evaluator import evaluate

@@ -100,6 +100,7 @@ def evaluate(model: ModelRef, metrics: list[dict], data: dict[str, tuple[dict, B
             loaded[name] = (batches, [runner()(feed) for feed in batches.inputs] if infer else [])
         return loaded[name]
 
+    say = log or (lambda message: None)
     results, artifacts = {}, {}
     timings: dict = {}  # (data config, shape) -> Measurement: latency and throughput of a shape share their calls
     # Timing first, while nothing else of this evaluation is warm in the caches.
@@ -107,12 +108,12 @@ def evaluate(model: ModelRef, metrics: list[dict], data: dict[str, tuple[dict, B
         details: dict = {}  # sub-type -> interval / by_shape of a timing metric
         if metric["type"] == "generation" and metric.get("workload"):
             values = _generation_by_shape(metric, details, lambda m: generative_values(m, model, decoder, data, reference,
-                                                                                        artifacts))
+                                                                                        artifacts, say))
         elif metric["type"] in GENERATIVE_METRICS:
-            values = generative_values(metric, model, decoder, data, reference, artifacts)
+            values = generative_values(metric, model, decoder, data, reference, artifacts, say)
         elif metric["type"] in ("latency", "throughput"):
             base = data_for(metric["data_config"], infer=False)[0].inputs[0] if metric.get("data_config") else None
-            values, details = timing_values(metric, {"model": runner()}, base, timings, log or (lambda message: None))["model"]
+            values, details = timing_values(metric, {"model": runner()}, base, timings, say)["model"]
         else:
             values = _metric_values(metric, runner(), data_for, data_configs, reference, artifacts)
         results.update(metric_records(metric, values, details))

@@ -12,8 +12,9 @@ perplexity {perplexity, loss}
 generation {ttft_ms, prefill_ms, tokens_per_second, total_ms}  (a timing metric: the machine alone)
     Greedy, batch 1, prompt_tokens then new_tokens, EOS masked so that every runtime decodes the
     same count. The prompt is the data config's first input repeated / cut to exactly prompt_tokens
-    ids, or fixed ids without a data config. warmup_num runs, then repeat_test_num runs; each value
-    is the median over them: ttft_ms (generator state set up + prefill + first token), prefill_ms
+    ids, or fixed ids without a data config. warmup_num runs, then up to repeat_test_num runs, as
+    many as budget_s (seconds, warm-up included; at least one timed run) allows; each value is the
+    median over them: ttft_ms (generator state set up + prefill + first token), prefill_ms
     (the prompt's forward pass), tokens_per_second ((new_tokens - 1) decode tokens / decode time,
     the first token excluded), total_ms (ttft + decode). prompt_tokens + new_tokens over the model's
     context length is a RecipeError before anything runs.
@@ -35,17 +36,20 @@ greedy_agreement {token_match, exact_match}
 
 from __future__ import annotations
 
+import math
+import time
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import OliveSystemsError, RecipeError
 from ..llm.runners import check_context, decoder_spec, is_decoder
+from ..measure import progress_line
 from ..models import ModelRef, external_data_files
 
 GENERATIVE_METRICS = ("perplexity", "generation", "memory", "size_on_disk", "greedy_agreement")
 DEFAULTS = {
-    "generation": {"prompt_tokens": 128, "new_tokens": 128, "warmup_num": 1, "repeat_test_num": 5},
+    "generation": {"prompt_tokens": 128, "new_tokens": 128, "warmup_num": 1, "repeat_test_num": 5, "budget_s": 60},
     "memory": {"prompt_tokens": 32, "new_tokens": 16},
     "greedy_agreement": {"new_tokens": 32},
 }
@@ -67,7 +71,8 @@ class LazyDecoder:
 
 
 def metric_values(metric: dict, model: ModelRef, decoder: LazyDecoder, data: dict, reference: dict | None,
-                  artifacts: dict) -> dict:
+                  artifacts: dict, log=None) -> dict:
+    """log: receives a timing metric's progress lines."""
     kind, name = metric["type"], metric["name"]
     config = {**DEFAULTS.get(kind, {}), **(metric.get("metric_config") or {})}
     if kind == "size_on_disk":
@@ -94,7 +99,9 @@ def metric_values(metric: dict, model: ModelRef, decoder: LazyDecoder, data: dic
             raise RecipeError(f"metric '{name}': metric_config.new_tokens must be at least 2 (tokens per second "
                               "counts the tokens after the first)", "set new_tokens to 2 or more")
         prompt = prompt_ids(batches, prompt_tokens, spec.vocab_size)
-        return generation(decoder(), prompt, new_tokens, int(config["warmup_num"]), int(config["repeat_test_num"]))
+        shown, say = f"{name} {prompt_tokens}+{new_tokens}", log or (lambda line: None)
+        return generation(decoder(), prompt, new_tokens, int(config["warmup_num"]), int(config["repeat_test_num"]),
+                          float(config["budget_s"]), lambda message: say(progress_line(f"{shown}: {message}")))
     if kind == "memory":
         from ..llm.memory import peak_memory
 
@@ -162,10 +169,19 @@ def prompt_ids(batches, prompt_tokens: int, vocab_size: int) -> np.ndarray:
     return (low + (np.arange(prompt_tokens, dtype=np.int64) * 7919) % max(vocab_size - low, 1)).astype(np.int64)
 
 
-def generation(decoder, prompt: np.ndarray, new_tokens: int, warmup_num: int, repeat_test_num: int) -> dict:
+def generation(decoder, prompt: np.ndarray, new_tokens: int, warmup_num: int, repeat_test_num: int,
+               budget_s: float = math.inf, on_progress=lambda message: None) -> dict:
+    started = time.perf_counter()
     for _ in range(warmup_num):
         decoder.generate(prompt, new_tokens)
-    runs = [decoder.generate(prompt, new_tokens) for _ in range(repeat_test_num)]
+    runs, last = [], 0.0
+    while len(runs) < repeat_test_num:  # the next run starts only if it fits in what is left of the budget
+        if runs and time.perf_counter() - started + last > budget_s:
+            break
+        began = time.perf_counter()
+        runs.append(decoder.generate(prompt, new_tokens))
+        last = time.perf_counter() - began
+        on_progress(f"run {len(runs)} of up to {repeat_test_num}, {time.perf_counter() - started:.1f} s of {budget_s:g} s")
     short = [len(run.tokens) for run in runs if len(run.tokens) != new_tokens]
     if short:
         raise OliveSystemsError(f"generation stopped after {short[0]} of {new_tokens} tokens",

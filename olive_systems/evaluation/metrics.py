@@ -64,7 +64,7 @@ METRIC_SCHEMA = {
             "type": "object",
             "description": "accuracy: threshold (number or 'fit'); latency/throughput: warmup_num, "
                            "repeat_test_num, sleep_num; fidelity: pooling (mean, cls, none); generation: "
-                           "prompt_tokens (128), new_tokens (128), warmup_num (1), repeat_test_num (5); memory: "
+                           "prompt_tokens (128), new_tokens (128), warmup_num (1), repeat_test_num (5), budget_s (60); memory: "
                            "prompt_tokens (32), new_tokens (16); greedy_agreement: new_tokens (32)",
             "properties": {
                 "threshold": {"oneOf": [{"type": "number"}, {"const": "fit"}]},
@@ -74,7 +74,8 @@ METRIC_SCHEMA = {
                 "budget_s": {"type": "number", "exclusiveMinimum": 0,
                              "description": "latency/throughput: seconds of timing per model (warm-up included), "
                                             "shared by the workload's shapes; candidates timed side by side get this "
-                                            "times their number (default 10)"},
+                                            "times their number (default 10). generation: seconds per shape, warm-up "
+                                            "included; runs stop when the next would not fit (at least one; default 60)"},
                 "precision": {"type": "number", "exclusiveMinimum": 0, "maximum": 1,
                               "description": "latency/throughput: a model alone stops once its median is known to "
                                              "this relative half-width; models side by side once neighbours differ "
