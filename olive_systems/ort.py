@@ -87,19 +87,31 @@ def _provider_options(settings: dict, execution_provider: str) -> dict:
     return {}
 
 
+INPUT_DTYPES = {"tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(float)": "float32",
+                "tensor(float16)": "float16", "tensor(bool)": "bool"}
+
+
+def input_dtype(arg):
+    """The numpy dtype of a session input; a type made-up inputs cannot take is an error, not float32."""
+    import numpy as np
+
+    if arg.type not in INPUT_DTYPES:
+        raise OliveSystemsError(f"input '{arg.name}' is of type {arg.type}, which made-up inputs do not cover "
+                                f"({', '.join(INPUT_DTYPES)})", "time the model with a data config that feeds real inputs")
+    return np.dtype(INPUT_DTYPES[arg.type])
+
+
 def dummy_feed(session, batch_size: int = 1, sequence_length: int = 128) -> dict:
     """Inputs of the session's declared types; symbolic dims become batch then sequence length (a
     past_sequence_length 0)."""
     import numpy as np
 
-    dtypes = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
-              "tensor(float16)": np.float16, "tensor(bool)": np.bool_}
     feed = {}
     for arg in session.get_inputs():
         symbolic = iter([batch_size, sequence_length])
         # A decoder's KV cache: an empty past, so the mask's total length is the sequence (a prefill).
         shape = [dim if isinstance(dim, int) else 0 if "past" in str(dim) else next(symbolic, 1) for dim in arg.shape]
-        dtype = dtypes.get(arg.type, np.float32)
+        dtype = input_dtype(arg)
         feed[arg.name] = np.ones(shape, dtype=dtype) if "mask" in arg.name else np.zeros(shape, dtype=dtype)
     return feed
 

@@ -35,7 +35,7 @@ def recipe_problems(recipe: dict, name: str) -> list[RecipeError]:
     from .passes.session_tuning_options import recipe_problems as session_tuning_problems  # its EP options
 
     return [*metric_problems(recipe, name), *input_model_problems(recipe, name), *io_config_problems(recipe, name),
-            *data_problems(recipe, name), *session_tuning_problems(recipe, name)]
+            *data_problems(recipe, name), *session_tuning_problems(recipe, name), *fixed_shape_problems(recipe, name)]
 
 
 # ---- metrics ----
@@ -64,6 +64,38 @@ def metric_problems(recipe: dict, name: str) -> list[RecipeError]:
                         f"{where}.sub_types[{sub_index}].name: "
                         f"'{sub['name']}' is not a sub-type of {metric['type']} metrics{_did_you_mean(sub['name'], known)}",
                         f"use one of {', '.join(known)}"))
+    return problems
+
+
+def fixed_shape_problems(recipe: dict, name: str) -> list[RecipeError]:
+    """A flow that fixes the export's batch_size or sequence_length dimension (DynamicToFixedShape's
+    dim_param, or the export's fixed_param_dict) cannot serve a workload shape of another size: its timing would fail after every
+    pass and quality evaluation has run."""
+    evaluator = recipe.get("evaluators", {}).get((recipe.get("engine") or {}).get("evaluator"), {})
+    shapes = [(metric["name"], shape) for metric in evaluator.get("metrics", []) if metric["type"] in ("latency", "throughput")
+              for shape in metric.get("workload") or []]
+    problems = []
+    for flow_index, flow in enumerate(recipe.get("pass_flows", [])):
+        fixed = {}  # "batch_size" / "sequence_length" -> (size, the pass that fixed it)
+        for pass_name in flow:
+            entry = recipe["passes"].get(pass_name) or {}
+            config = entry.get("config") or {}
+            sizes = {}
+            if entry.get("type") == "DynamicToFixedShape":
+                # input_shapes name no dimension: which one is the batch is the model's business, found at timing
+                if isinstance(config.get("dim_param"), list) and isinstance(config.get("dim_value"), list):
+                    sizes.update(zip(config["dim_param"], config["dim_value"]))
+            elif entry.get("type") == "OnnxConversion" and isinstance(config.get("fixed_param_dict"), dict):
+                sizes.update(config["fixed_param_dict"])
+            fixed.update({dim: (size, pass_name) for dim, size in sizes.items()
+                          if dim in ("batch_size", "sequence_length") and isinstance(size, int)})
+        for metric_name, shape in shapes:
+            for dim, (size, pass_name) in fixed.items():
+                if shape.get(dim) not in (None, size):
+                    problems.append(RecipeError(
+                        f"{name}: pass_flows[{flow_index}]: pass '{pass_name}' fixes {dim} to {size}, and metric "
+                        f"'{metric_name}' times {dim} {shape[dim]}: that flow's model cannot run at that shape",
+                        f"time that flow only at {dim} {size} (a metric's own workload), or leave {dim} dynamic"))
     return problems
 
 

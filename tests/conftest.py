@@ -31,6 +31,24 @@ def tiny_bert(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory, tiny_bert) -> Path:
+    """tiny_bert with a 2-class sequence-classification head (random weights, seed 0)."""
+    import shutil
+
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("tiny_classifier")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (tiny_bert / name).exists():
+            shutil.copy(tiny_bert / name, folder / name)
+    torch.manual_seed(0)
+    config = BertConfig.from_pretrained(tiny_bert, num_labels=2)
+    BertForSequenceClassification(config).eval().save_pretrained(folder)
+    return folder
+
+
 def tiny_recipe(model_path: Path, tmp_path: Path, **overrides) -> dict:
     """bert_ptq's test twin: the same passes and metrics on the tiny model and a slice of the data."""
     recipe = {

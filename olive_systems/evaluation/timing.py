@@ -33,7 +33,7 @@ def timing_values(metric: dict, runners: dict, base: dict | None, timings: dict,
     if not shapes:  # the data's first feed as it is, or each model's own dummy feed
         feed = base if base is not None else runners[names[0]].dummy_feed()
         value = np.asarray(next(iter(feed.values())))
-        shapes = [{"batch_size": int(value.shape[0]), "sequence_length": int(value.shape[-1]), "weight": 1, "feed": base}]
+        shapes = [{"batch_size": int(value.shape[0]), "sequence_length": int(value.shape[-1]), "weight": 1, "as_given": True}]
     budget = float(config.get("budget_s", DEFAULT_BUDGET_S)) * len(names) / len(shapes)
     reference = names[0] if len(names) > 1 else None
     per_shape = []
@@ -41,14 +41,8 @@ def timing_values(metric: dict, runners: dict, base: dict | None, timings: dict,
         label = shape_name(shape)
         key = (metric.get("data_config"), label)
         if key not in timings:
-            calls = {}
-            for name, runner in runners.items():
-                if "feed" in shape:
-                    feed = runner.dummy_feed() if shape["feed"] is None else \
-                        {k: v for k, v in shape["feed"].items() if k in runner.input_names}
-                else:
-                    feed = shape_feed(base, runner.input_names, shape, lambda b, s, r=runner: _dummy(r, b, s))
-                calls[name] = lambda runner=runner, feed=feed: runner(feed)
+            calls = {name: (lambda runner=runner, feed=_feed_for(runner, shape, base): runner(feed))
+                     for name, runner in runners.items()}
             shown = f"{metric['name']} {label}"
             timings[key] = compare(calls, reference, budget, warmup_num=config.get("warmup_num", 10),
                                    max_calls=config.get("repeat_test_num"), pause_s=config.get("sleep_num", 0),
@@ -109,18 +103,19 @@ def time_together(models: list, metrics: list[dict], first_feeds: dict, executio
         try:
             runners[name] = ModelRunner(model, execution_provider)
         except Exception as exc:  # noqa: BLE001 - reported against this model; the others go on
-            errors[name] = f"opening it failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            errors[name] = f"opening it failed: {_first_line(exc)}"
+    tried = set()  # (data config, shape): latency and throughput of a shape share their calls
     for metric in metrics:  # one call of each model at each shape: a model that fails is left out here
         base = first_feeds.get(metric.get("data_config"))
         for shape in metric.get("workload") or [None]:
+            if (metric.get("data_config"), shape and shape_name(shape)) in tried:
+                continue
+            tried.add((metric.get("data_config"), shape and shape_name(shape)))
             for name, runner in list(runners.items()):
-                feed = (base or runner.dummy_feed()) if shape is None else \
-                    shape_feed(base, runner.input_names, shape, lambda b, s, r=runner: _dummy(r, b, s))
                 try:
-                    runner({k: v for k, v in feed.items() if k in runner.input_names})
+                    runner(_feed_for(runner, shape, base))
                 except Exception as exc:  # noqa: BLE001
-                    where = f" at {shape_name(shape)}" if shape else ""
-                    errors[name] = f"running it{where} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    errors[name] = f"running it{f' at {shape_name(shape)}' if shape else ''} failed: {_first_line(exc)}"
                     del runners[name]
     results = {name: {"error": message} for name, message in errors.items()}
     if not runners:
@@ -134,6 +129,19 @@ def time_together(models: list, metrics: list[dict], first_feeds: dict, executio
         for name, (values, details) in timing_values(metric, runners, base, timings, log).items():
             found[name].update(metric_records(metric, values, details))
     return {**found, **results}
+
+
+def _feed_for(runner, shape: dict | None, base: dict | None) -> dict:
+    """One model's feed at a workload shape (cut from base, or made up), or without a workload
+    (shape None, or as_given) the base feed as it is, else the model's own dummy feed."""
+    if shape is None or shape.get("as_given"):
+        feed = base if base is not None else runner.dummy_feed()
+        return {k: v for k, v in feed.items() if k in runner.input_names}
+    return shape_feed(base, runner.input_names, shape, lambda batch, sequence: _dummy(runner, batch, sequence))
+
+
+def _first_line(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
 def _timing_stat(kind: str, sub: str, batch: int):

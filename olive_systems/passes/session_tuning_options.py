@@ -181,8 +181,8 @@ def decode_step_feed(session, batch_size: int, past_length: int) -> dict:
         raise PassError(f"predict_with_kv_cache: the model has no past key/value inputs (inputs: "
                         f"{', '.join(arg.name for arg in inputs)})",
                         "export the decoder with its KV cache (task text-generation-with-past), or drop predict_with_kv_cache")
-    dtypes = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
-              "tensor(float16)": np.float16, "tensor(bool)": np.bool_}
+    from ..ort import input_dtype
+
     feed = {}
     for arg in inputs:
         shape = []
@@ -198,7 +198,7 @@ def decode_step_feed(session, batch_size: int, past_length: int) -> dict:
                 shape.append(past_length + 1)
             else:
                 shape.append(1)
-        dtype = dtypes.get(arg.type, np.float32)
+        dtype = input_dtype(arg)
         if "mask" in arg.name:
             feed[arg.name] = np.ones(shape, dtype=dtype)
         elif arg.name.startswith("position"):
