@@ -35,7 +35,8 @@ DEFAULT_PRECISION = 0.02  # relative half-width at which a measurement counts as
 # blocks, since each block starts with an untimed call (see compare).
 BLOCK_S, INTERLEAVED_BLOCK_S = 0.05, 0.2
 MAX_BLOCK = 20
-MIN_ROUNDS = 5
+MIN_ROUNDS = 5  # five rounds all on one side of 1: a sign test's p = 1/32
+UNTIL = ("decided", "faster", "ranked")
 CHECK_RESAMPLES = 300  # bootstrap resamples while deciding whether to go on
 FINAL_RESAMPLES = 1000
 
@@ -171,17 +172,21 @@ def compare(arms: dict[str, Callable[[], object]], reference: str | None, budget
             warmup_num: int = 5, max_calls: int | None = None, precision: float = DEFAULT_PRECISION,
             confidence: float = DEFAULT_CONFIDENCE, min_rounds: int = MIN_ROUNDS,
             on_progress: Callable[[str], None] | None = None, seed: int = 0, pause_s: float = 0.0,
-            until: str = "decided") -> Measurement:
+            until: str = "decided", self_timed: bool = False) -> Measurement:
     """Time the arms interleaved until every ratio to `reference` is resolved (or, with one arm and
     no reference, until its median is known to `precision`), the budget is spent, or an arm has made
     max_calls timed calls. until "decided": each arm against the reference, resolved once the ratio
-    clears 1 or is 1 to `precision` (is it faster?); "ranked": each arm against the next faster one,
-    so the order of all arms is known, arms equal to `precision` counting as ties. Warm-up is part
-    of the budget (at most a fifth of it). pause_s: a sleep after each timed call, not timed."""
+    clears 1 or is 1 to `precision` (is it faster?); "faster": each arm against the reference, resolved
+    once it is faster beyond the interval or cannot be faster by more than `precision` (is it worth
+    choosing?); "ranked": each arm against the next faster one, so the order of all arms is known,
+    arms equal to `precision` counting as ties. Warm-up is part
+    of the budget (at most a fifth of it). pause_s: a sleep after each timed call, not timed.
+    self_timed: each run returns the seconds it counts for (a pass over a workload returns its
+    weighted time), and that, not its wall time, is the figure."""
     if reference is not None and reference not in arms:
         raise ValueError(f"reference '{reference}' is not one of the arms {sorted(arms)}")
-    if until not in ("decided", "ranked"):
-        raise ValueError(f"until must be 'decided' or 'ranked', not {until!r}")
+    if until not in UNTIL:
+        raise ValueError(f"until must be one of {', '.join(map(repr, UNTIL))}, not {until!r}")
     started = time.perf_counter()
     watch = _CpuWatch()
     order = random.Random(seed)
@@ -191,14 +196,17 @@ def compare(arms: dict[str, Callable[[], object]], reference: str | None, budget
     if on_progress:
         on_progress(f"timing {shown}: warming up ({budget_s:g} s budget)")
     warm: dict[str, float] = {}  # an arm's last warm-up call, if it was not its first (a cold call)
-    for arm in timed.values():  # warm-up; its last call sizes the arm's block
-        last = _call(arm.run)
-        for _ in range(max(warmup_num - 1, 0)):
-            if time.perf_counter() > warm_until:
+    for arm in timed.values():  # warm-up; its last call's wall time sizes the arm's block
+        for call in range(max(warmup_num, 1)):
+            if call and time.perf_counter() > warm_until:
                 break
-            last = warm[arm.name] = _call(arm.run)
+            began = time.perf_counter()
+            counted = _call(arm.run, self_timed=self_timed)
+            wall = time.perf_counter() - began
+            if call:
+                warm[arm.name] = counted
         block_s = INTERLEAVED_BLOCK_S if len(timed) > 1 else BLOCK_S
-        arm.block = max(1, min(MAX_BLOCK, int(block_s / max(last, 1e-6))))
+        arm.block = max(1, min(MAX_BLOCK, int(block_s / max(wall, 1e-6))))
         if max_calls:
             arm.block = min(arm.block, max(1, max_calls // min_rounds))
     stopped, last_report, round_s = "budget", started, 0.0
@@ -207,7 +215,7 @@ def compare(arms: dict[str, Callable[[], object]], reference: str | None, budget
         # warm-up call where there was one, else one more call: never a cold first call).
         for arm in timed.values():
             arm.block = 1
-            arm.rounds.append([warm[arm.name] if arm.name in warm else _call(arm.run, pause_s)])
+            arm.rounds.append([warm[arm.name] if arm.name in warm else _call(arm.run, pause_s, self_timed)])
     while time.perf_counter() - started < budget_s:
         began = time.perf_counter()
         names = list(timed)
@@ -218,7 +226,7 @@ def compare(arms: dict[str, Callable[[], object]], reference: str | None, budget
                 # The first call after another arm ran meets caches it filled and its thread pool still
                 # spinning: measured, it made a BERT export 18% slower than alone. It is not timed.
                 arm.run()
-            arm.rounds.append([_call(arm.run, pause_s) for _ in range(arm.block)])
+            arm.rounds.append([_call(arm.run, pause_s, self_timed) for _ in range(arm.block)])
         now = time.perf_counter()
         round_s = max(round_s * 0.7, now - began)  # a pessimistic estimate of the next round
         rounds = len(next(iter(timed.values())).rounds)
@@ -244,10 +252,10 @@ def measure(run: Callable[[], object], budget_s: float, **options) -> Measuremen
     return compare({"model": run}, None, budget_s, **options)
 
 
-def _call(run: Callable[[], object], pause_s: float = 0.0) -> float:
+def _call(run: Callable[[], object], pause_s: float = 0.0, self_timed: bool = False) -> float:
     start = time.perf_counter()
-    run()
-    seconds = time.perf_counter() - start
+    counted = run()
+    seconds = float(counted) if self_timed else time.perf_counter() - start
     if pause_s:
         time.sleep(pause_s)
     return seconds
@@ -255,14 +263,17 @@ def _call(run: Callable[[], object], pause_s: float = 0.0) -> float:
 
 def _resolved(arms: dict[str, Arm], reference: str | None, precision: float, confidence: float,
               until: str = "decided") -> bool:
-    if len(arms) == 1 or (reference is None and until == "decided"):
+    if len(arms) == 1 or (reference is None and until != "ranked"):
         return all(_median_known(arm, precision, confidence) for arm in arms.values())
     if until == "ranked":  # each arm against its neighbour in the order of their medians
         ordered = sorted(arms.values(), key=lambda arm: float(np.median(arm.samples)))
         pairs = [(faster.matrix(), slower.matrix()) for faster, slower in zip(ordered, ordered[1:])]
     else:
         pairs = [(arm.matrix(), arms[reference].matrix()) for name, arm in arms.items() if name != reference]
-    return all(resolved_ratio(*ratio_interval(a, b, confidence, CHECK_RESAMPLES), precision) for a, b in pairs)
+    intervals = [ratio_interval(a, b, confidence, CHECK_RESAMPLES) for a, b in pairs]
+    if until == "faster":  # an arm at most `precision` faster is not worth choosing: no need to pin it down
+        return all(high < 1 or low >= 1 - precision for _, low, high in intervals)
+    return all(resolved_ratio(*interval, precision) for interval in intervals)
 
 
 def _median_known(arm: Arm, precision: float, confidence: float) -> bool:

@@ -242,6 +242,60 @@ def test_tuning_on_a_busy_machine_does_not_choose_a_thread_count(monkeypatch):
     assert "busy" in next(r for r in choice.records if r["setting"] == "intra=1")["verdict"]
 
 
+def _shaped_arms(clock, costs: dict):
+    """name -> (settings, feed -> run): costs[name] maps a shape's feed marker to its cost."""
+    return {name: (settings, lambda feed, name=name: clock.arm(costs[name][feed["shape"]], 0.05))
+            for name, (settings, _) in _arms(clock, {n: (0, 0, None if n == "default" else 2) for n in costs}).items()}
+
+
+def _shapes(*weights):
+    return [{**shape, "weight": weight, "feed": {"shape": shape["batch_size"]}} for shape, weight in zip(SHAPES, weights)]
+
+
+def test_tuning_weighs_each_shape_by_its_share_of_requests(monkeypatch):
+    """A setting twice as fast at batch 1 and twice as slow at batch 8 is worth taking only when batch-1
+    requests dominate: each timed call is one pass over the workload, weighted."""
+    clock = FakeClock(monkeypatch)
+    costs = {"default": {1: 0.002, 8: 0.002}, "intra=2": {1: 0.001, 8: 0.004}}
+    mostly_one = tuning_choice.choose(_shaped_arms(clock, costs), _shapes(3, 1), CONFIG, lambda message: None)
+    mostly_eight = tuning_choice.choose(_shaped_arms(clock, costs), _shapes(1, 3), CONFIG, lambda message: None)
+    taken = next(r for r in mostly_one.records if r["setting"] == "intra=2")
+    assert taken["chosen"] and taken["ratio"] == pytest.approx(1.75 / 2, rel=0.05)  # (3 x 1 + 4) / 4 ms against 2
+    assert taken["by_shape"]["1x16"]["median_ms"] < taken["by_shape"]["8x16"]["median_ms"]
+    assert mostly_eight.settings["session_options"] == {} and "kept the default" in mostly_eight.reason
+
+
+def test_tuning_does_not_choose_on_too_few_rounds(monkeypatch):
+    """A setting 40% faster, but the budget allows only a few rounds: the 'interval' of fewer rounds
+    than a sign test needs decides nothing, and the reason says so."""
+    clock = FakeClock(monkeypatch)
+    costs = {"default": {1: 0.05, 8: 1.0}, "intra=2": {1: 0.03, 8: 0.6}}
+    choice = tuning_choice.choose(_shaped_arms(clock, costs), _shapes(1, 1), {**CONFIG, "budget_s": 6.0},
+                                  lambda message: None)
+    record = next(r for r in choice.records if r["setting"] == "intra=2")
+    assert record["rounds"] < measure.MIN_ROUNDS and record["ratio"] < 0.7
+    assert not record["chosen"] and "too few rounds" in record["verdict"]
+    assert choice.settings["session_options"] == {} and "budget_s" in choice.reason
+
+
+def test_tuning_stops_timing_a_setting_once_it_cannot_win_by_more_than_the_precision(monkeypatch):
+    """The same cost as the default: deciding whether it is faster at all would take the whole budget;
+    knowing it cannot be more than 5% faster takes a few rounds."""
+    clock = FakeClock(monkeypatch)
+    choice = tuning_choice.choose(_arms(clock, {"default": (0.002, 0.05, None), "intra=1": (0.002, 0.05, 1)}),
+                                  SHAPES, {**CONFIG, "budget_s": 20.0, "precision": 0.05}, lambda message: None)
+    record = next(r for r in choice.records if r["setting"] == "intra=1")
+    assert record["stopped"] == "resolved" and record["ratio_interval"][0] >= 0.95 and not record["chosen"]
+    assert clock.now < 4.0  # of 20 s
+    # an equal pair told apart "to the precision" under until="decided" needs far more rounds
+    clock.now = 0.0
+    decided = measure.compare({"ref": clock.arm(0.002, 0.05), "same": clock.arm(0.002, 0.05)}, "ref", 20.0,
+                              precision=0.002)
+    faster = measure.compare({"ref": clock.arm(0.002, 0.05), "same": clock.arm(0.002, 0.05)}, "ref", 20.0,
+                             precision=0.002, until="faster")
+    assert faster.rounds < decided.rounds
+
+
 # ---- the engine: shapes, weighted figures, intervals, the input model's timing cached ----
 
 @pytest.fixture(scope="module")
@@ -279,7 +333,7 @@ def test_timing_shows_progress(workload_runs):
     shown = [(e["name"], e["message"]) for e in events if e["kind"] == "progress"]
     assert any(name == "input model" and text.startswith("latency 4x16: timing") for name, text in shown)
     assert any(name == "timing 2 models" and text.startswith("latency 4x16: timing") for name, text in shown)
-    assert any(name == "tuning" and text.startswith("1x32: timing") for name, text in shown)
+    assert any(name == "tuning" and text.startswith("workload: timing") for name, text in shown)
     assert not any("progress: " in e["message"] for e in events if e["kind"] == "log")
 
 

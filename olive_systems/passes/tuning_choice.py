@@ -1,19 +1,27 @@
 """How OrtSessionParamsTuning measures and chooses (olive_systems.measure): every setting is timed
-interleaved with ONNX Runtime's default in one process, on every shape of the workload, and a
-setting replaces the default only when it is faster beyond the confidence interval of the
-weighted ratio. A thread count is never chosen on a busy machine: other processes' load makes
-fewer threads look faster than they are on a quiet one.
+interleaved with ONNX Runtime's default in one process. Each timed call is one pass over the
+workload (one request of every shape), counted as its weighted time per request, so every round
+compares what the user's traffic costs under each setting. A setting replaces the default only
+when it is faster beyond the confidence interval, and only after MIN_ROUNDS rounds (fewer give no
+interval worth the name). A thread count is never chosen on a busy machine: other processes' load
+makes fewer threads look faster than they are on a quiet one.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Callable
 
-from ..measure import DEFAULT_PRECISION, Measurement, compare, progress_line, weighted
+import numpy as np
+
+from ..measure import MIN_ROUNDS, Measurement, compare, progress_line
 from ..workload import shape_name
 
+# A pass over a BERT workload varies by several percent from round to round on a shared 2-core VM:
+# showing that a setting cannot be 2% faster did not settle in 15 s, 5% settles in the minimum rounds.
+TUNING_PRECISION = 0.05
 MEASURING_SCHEMA = {
     "workload": {"type": ["array", "null"], "default": None,
                  "items": {"type": "object", "properties": {
@@ -23,9 +31,11 @@ MEASURING_SCHEMA = {
                  "description": "shapes to time, each with its share of requests; null: the recipe's workload, "
                                 "else batch 1 x dummy_sequence_length"},
     "budget_s": {"type": "number", "exclusiveMinimum": 0, "default": 15,
-                 "description": "seconds for all the timing (warm-up included), shared by the shapes"},
-    "precision": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": DEFAULT_PRECISION,
-                  "description": "a comparison is resolved once its ratio is known to this relative half-width"},
+                 "description": "seconds for all the timing (warm-up included); each timed call is one request "
+                                "of every shape"},
+    "precision": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": TUNING_PRECISION,
+                  "description": "a setting stops being timed once it is faster beyond the interval or cannot be "
+                                 "faster than the default by more than this fraction"},
     "busy_cores": {"type": "number", "minimum": 0, "default": 0.5,
                    "description": "other processes using more cores than this make the machine busy: thread counts "
                                   "other than the default's are then not chosen"},
@@ -55,24 +65,26 @@ def choose(arms: dict[str, tuple[dict, Callable[[dict], Callable[[], object]]]],
            config: dict, log: Callable[[str], None]) -> Choice:
     """arms: name -> (settings, feed -> run-once callable); DEFAULT must be one of them. shapes carry
     batch_size, sequence_length, weight and the feed to time with ("feed")."""
-    budget = float(config["budget_s"]) / len(shapes)
-    measured: list[tuple[dict, Measurement]] = []
-    for shape in shapes:
-        label = shape_name(shape)
-        runs = {name: make(shape["feed"]) for name, (_, make) in arms.items()}
-        measurement = compare(runs, DEFAULT, budget, warmup_num=config["warmup_num"], max_calls=config.get("test_num"),
-                              precision=config["precision"],
-                              on_progress=lambda message, label=label: log(progress_line(f"{label}: {message}")))
-        measured.append((shape, measurement))
-    others = [m.others_cpu for _, m in measured if m.others_cpu is not None]
-    busiest = max(others) if others else None
+    calls = {name: {shape_name(shape): [] for shape in shapes} for name in arms}
+    passes = {name: _workload_pass([(shape_name(shape), shape["weight"], make(shape["feed"])) for shape in shapes],
+                                   calls[name]) for name, (_, make) in arms.items()}
+    # Timing a setting stops once it is faster beyond the interval or cannot be faster by more than
+    # `precision`: pinning down a setting that is not worth choosing would only cost time.
+    measurement = compare(passes, DEFAULT, float(config["budget_s"]), warmup_num=config["warmup_num"],
+                          max_calls=config.get("test_num"), precision=config["precision"], until="faster",
+                          self_timed=True, on_progress=lambda message: log(progress_line(f"workload: {message}")))
+    busiest = measurement.others_cpu
     busy = busiest is not None and busiest > config["busy_cores"]
+    short = measurement.rounds < MIN_ROUNDS
+    too_few = f"too few rounds to tell ({measurement.rounds} of the {MIN_ROUNDS} needed); a larger budget_s gives more"
     records, best = [], None
     for name, (settings, _) in arms.items():
-        record = _record(name, settings, measured)
+        record = _record(name, measurement, calls[name])
         if name != DEFAULT:
             threads = settings["session_options"].get("intra_op_num_threads")
-            if record["ratio_interval"][1] >= 1:
+            if short:
+                record["verdict"] = f"not chosen: {too_few}"
+            elif record["ratio_interval"][1] >= 1:
                 record["verdict"] = "not faster than the default beyond the interval"
             elif busy and threads not in (None, 0, default_threads()):
                 record["verdict"] = (f"faster, but measured while other processes kept {busiest:.2f} cores busy: "
@@ -83,7 +95,7 @@ def choose(arms: dict[str, tuple[dict, Callable[[dict], Callable[[], object]]]],
                     best = (settings, record)
         records.append(record)
     if best is None:
-        reason = "kept the default: no setting was faster beyond the interval" + (
+        reason = f"kept the default: {too_few}" if short else "kept the default: no setting was faster beyond the interval" + (
             f" on an idle enough machine (others used {busiest:.2f} cores)" if busy else "")
         return Choice(arms[DEFAULT][0], records, reason, busiest)
     best[1]["chosen"] = True
@@ -91,24 +103,30 @@ def choose(arms: dict[str, tuple[dict, Callable[[dict], Callable[[], object]]]],
                                     f"[{best[1]['ratio_interval'][0]:.3f}, {best[1]['ratio_interval'][1]:.3f}]", busiest)
 
 
-def _record(name: str, settings: dict, measured: list[tuple[dict, Measurement]]) -> dict:
-    """A setting's weighted ratio to the default: the ratio of the time the workload takes, each
-    shape weighted by its share of requests times the default's time on it."""
-    medians, weights, shares, ratios, lows, highs, by_shape = [], [], [], [], [], [], {}
-    for shape, measurement in measured:
-        median = measurement.interval(name)[0]
-        share = shape["weight"] * measurement.interval(DEFAULT)[0]
-        ratio, low, high = (1.0, 1.0, 1.0) if name == DEFAULT else measurement.ratio(name)
-        medians.append(median)
-        weights.append(shape["weight"])
-        shares.append(share)
-        ratios.append(ratio)
-        lows.append(low)
-        highs.append(high)
-        by_shape[shape_name(shape)] = {
-            "median_ms": round(median * 1000, 4), "ratio": round(ratio, 4), "ratio_interval": [round(low, 4), round(high, 4)],
-            "rounds": measurement.rounds, "stopped": measurement.stopped}
-    return {"setting": name, "ratio": round(weighted(ratios, shares), 4),
-            "ratio_interval": [round(weighted(lows, shares), 4), round(weighted(highs, shares), 4)],
-            "median_ms": round(weighted(medians, weights) * 1000, 4),
-            "by_shape": by_shape, "chosen": False}
+def _workload_pass(shapes: list[tuple[str, float, Callable[[], object]]],
+                   calls: dict[str, list[float]]) -> Callable[[], float]:
+    """One request of every shape; returns the weighted seconds per request and keeps each shape's time."""
+    total = sum(weight for _, weight, _ in shapes)
+
+    def run() -> float:
+        seconds = 0.0
+        for label, weight, once in shapes:
+            began = time.perf_counter()
+            once()
+            took = time.perf_counter() - began
+            calls[label].append(took)
+            seconds += weight * took
+        return seconds / total
+    return run
+
+
+def _record(name: str, measurement: Measurement, calls: dict[str, list[float]]) -> dict:
+    """A setting's ratio to the default (of the weighted time per request) with its interval; per
+    shape, the median of its calls (warm-up and untimed calls included, the cold first one not)."""
+    median = measurement.interval(name)[0]
+    ratio, low, high = (1.0, 1.0, 1.0) if name == DEFAULT else measurement.ratio(name)
+    return {"setting": name, "ratio": round(ratio, 4), "ratio_interval": [round(low, 4), round(high, 4)],
+            "median_ms": round(median * 1000, 4), "rounds": measurement.rounds, "stopped": measurement.stopped,
+            "by_shape": {label: {"median_ms": round(float(np.median(times[1:] or times)) * 1000, 4)}
+                         for label, times in calls.items()},
+            "chosen": False}
