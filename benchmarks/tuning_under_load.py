@@ -8,7 +8,7 @@ never slower than the default.
 The model is bert_ptq's fused dynamic INT8 all-MiniLM-L6-v2 (made once through the engine into a
 temporary cache); tuning times bert_ptq's workload (1x128, 8x128, 1x384).
 
-    python benchmarks/tuning_under_load.py [--runs 5] [--quiet-budget-s 90] [--busy 2]
+    python benchmarks/tuning_under_load.py [--runs 5] [--quiet-budget-s 90] [--busy 2] [--budget-s S]
 """
 
 from __future__ import annotations
@@ -47,12 +47,14 @@ def int8_model(root: Path):
     return ModelRef(type="OnnxModel", path=str(folder), hash=folder_sha256(folder)), recipe
 
 
-def tune(model, recipe: dict, out_dir: Path) -> dict:
+def tune(model, recipe: dict, out_dir: Path, budget_s: float | None) -> dict:
     """One OrtSessionParamsTuning run, in this process, as the engine would run it."""
     from olive_systems.passes.base import Accelerator, PassContext
     from olive_systems.passes.session_tuning import OrtSessionParamsTuning
 
     config = OrtSessionParamsTuning.resolve_config(recipe["passes"]["tuning"].get("config"))
+    if budget_s:
+        config["budget_s"] = budget_s
     ctx = PassContext(Accelerator("cpu", "CPUExecutionProvider"), lambda name, m: None, lambda message: None)
     tuned = OrtSessionParamsTuning().run(model, config, out_dir, ctx)
     return {"settings": tuned.inference_settings, "decision": tuned.attributes["tuning_decision"],
@@ -83,6 +85,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--busy", type=int, default=2, help="busy background processes during tuning")
     parser.add_argument("--quiet-budget-s", type=float, default=90.0)
+    parser.add_argument("--budget-s", type=float, help="each loaded run's tuning budget (default: bert_ptq's)")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="tuning-bench-"))
     try:
@@ -96,13 +99,13 @@ def main() -> int:
             try:
                 time.sleep(1)  # the load is there before tuning starts
                 started = time.perf_counter()
-                result = tune(model, recipe, root / f"tuned-{run}")
+                result = tune(model, recipe, root / f"tuned-{run}", args.budget_s)
                 seconds = time.perf_counter() - started
             finally:
                 for process in busy:
                     process.terminate()
                     process.join()
-            print(f"loaded run {run + 1}: {seconds:.1f} s; chose {result['settings']['session_options'] or 'the default'}; "
+            print(f"loaded run {run + 1}: {seconds:.1f} s, {result['records'][0]['rounds']} rounds; chose {result['settings']['session_options'] or 'the default'}; "
                   f"{result['decision']['reason']}; others used {result['decision']['others_cpu']:.2f} cores", flush=True)
             chosen.append(result["settings"])
         from olive_systems.passes.session_tuning import OrtSessionParamsTuning

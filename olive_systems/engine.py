@@ -187,8 +187,11 @@ class Engine:
     def _search(self, pool: ThreadPoolExecutor, input_model: ModelRef, baselines: list[tuple]):
         """Ask every search for trials while there is room, run them on the pool, tell the results back."""
         goals = goals_of(self.metrics)
+        timed_goals = any("goal" in sub for metric in self.metrics if metric["type"] in SIDE_BY_SIDE_METRICS
+                          for sub in metric["sub_types"])
         searches = [(Search(flow, self.recipe["passes"], self.engine.get("search_strategy"),
-                            lambda c: sort_key(c["metrics"], c["missed_goals"]), bool(goals)), target, flow_index)
+                            lambda c: sort_key(c["metrics"], c["missed_goals"]), bool(goals), timed_goals),
+                     target, flow_index)
                     for target in self.targets for flow_index, flow in enumerate(self.recipe["pass_flows"])]
         limit, running, candidates, failures = self._in_flight(), {}, [], []
         while True:

@@ -179,8 +179,8 @@ def compare(arms: dict[str, Callable[[], object]], reference: str | None, budget
     clears 1 or is 1 to `precision` (is it faster?); "faster": each arm against the reference, resolved
     once it is faster beyond the interval or cannot be faster by more than `precision` (is it worth
     choosing?); "ranked": each arm against the next faster one, so the order of all arms is known,
-    arms equal to `precision` counting as ties. Warm-up is part
-    of the budget (at most a fifth of it). pause_s: a sleep after each timed call, not timed.
+    arms equal to `precision` counting as ties. Warm-up is part of the budget (at most a fifth of
+    it). pause_s: a sleep after each timed call, not timed.
     self_timed: each run returns the seconds it counts for (a pass over a workload returns its
     weighted time), and that, not its wall time, is the figure."""
     if reference is not None and reference not in arms:

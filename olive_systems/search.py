@@ -124,9 +124,10 @@ class Search:
     """One pass flow's search on one accelerator."""
 
     def __init__(self, flow: list[str], passes: dict, strategy: dict | None, score: Callable[[dict], tuple],
-                 has_goals: bool):
+                 has_goals: bool, timed_goals: bool = False):
+        """timed_goals: a goal is on a latency or throughput figure."""
         strategy = strategy or {}
-        self.flow, self.score, self.has_goals = flow, score, has_goals
+        self.flow, self.score, self.has_goals, self.timed_goals = flow, score, has_goals, timed_goals
         self.algorithm = strategy.get("search_algorithm", "exhaustive")
         config = strategy.get("search_algorithm_config") or {}
         self.num_samples, self.seed = config.get("num_samples", DEFAULT_NUM_SAMPLES), config.get("seed", 0)
@@ -152,8 +153,10 @@ class Search:
 
     @property
     def learns(self) -> bool:
-        """Later trials depend on earlier candidates' figures, so each is needed as soon as it is made."""
-        return self.searched and (self.algorithm == "tpe" or len(self.stages) > 1 or self.stop_when_goals_met)
+        """Later trials depend on earlier candidates' figures, so each is needed as soon as it is made
+        (stopping once the goals are met needs a candidate's timing only when a goal is on one)."""
+        return self.searched and (self.algorithm == "tpe" or len(self.stages) > 1
+                                  or (self.stop_when_goals_met and self.timed_goals))
 
     @property
     def done(self) -> bool:

@@ -28,8 +28,9 @@ def scored(value: float, meets: bool = True) -> dict:
     return {"metrics": metrics, "missed_goals": [] if meets else ["missed"], "meets_goals": meets}
 
 
-def search(strategy: dict, flow=("quant", "tune"), has_goals=False) -> Search:
-    return Search(list(flow), PASSES, strategy, lambda c: sort_key(c["metrics"], c["missed_goals"]), has_goals)
+def search(strategy: dict, flow=("quant", "tune"), has_goals=False, timed_goals=False) -> Search:
+    return Search(list(flow), PASSES, strategy, lambda c: sort_key(c["metrics"], c["missed_goals"]), has_goals,
+                  timed_goals)
 
 
 def drain(s: Search, score=lambda trial: 1.0) -> list:
@@ -96,6 +97,8 @@ def test_stop_rules():
         trials.append(trial)
         goals.tell(trial, scored(1.0, meets=len(trials) == 3))
     assert len(trials) == 3
+    # each candidate's own timing is needed at once only when a goal is on a timing figure
+    assert not goals.learns and search({"stop_when_goals_met": True}, has_goals=True, timed_goals=True).learns
     timed = search({"max_time": 0.05})
     timed.started -= 1.0  # as if a second had gone by
     assert timed.ask() is None and timed.done

@@ -95,8 +95,8 @@ def choose(arms: dict[str, tuple[dict, Callable[[dict], Callable[[], object]]]],
                     best = (settings, record)
         records.append(record)
     if best is None:
-        reason = f"kept the default: {too_few}" if short else "kept the default: no setting was faster beyond the interval" + (
-            f" on an idle enough machine (others used {busiest:.2f} cores)" if busy else "")
+        reason = "kept the default: " + (too_few if short else "no setting was faster beyond the interval" + (
+            f" on an idle enough machine (others used {busiest:.2f} cores)" if busy else ""))
         return Choice(arms[DEFAULT][0], records, reason, busiest)
     best[1]["chosen"] = True
     return Choice(best[0], records, f"{best[1]['setting']}: {best[1]['ratio']:.3f}x the default "
