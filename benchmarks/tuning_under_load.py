@@ -15,20 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from common import REPO, busy
+
 sys.path.insert(0, str(REPO))
-
-
-def spin(stop_at: float) -> None:
-    while time.time() < stop_at:
-        pass
 
 
 def int8_model(root: Path):
@@ -92,19 +87,10 @@ def main() -> int:
         model, recipe = int8_model(root)
         chosen = []
         for run in range(args.runs):
-            stop_at = time.time() + 3600
-            busy = [multiprocessing.Process(target=spin, args=(stop_at,), daemon=True) for _ in range(args.busy)]
-            for process in busy:
-                process.start()
-            try:
-                time.sleep(1)  # the load is there before tuning starts
+            with busy(args.busy):
                 started = time.perf_counter()
                 result = tune(model, recipe, root / f"tuned-{run}", args.budget_s)
                 seconds = time.perf_counter() - started
-            finally:
-                for process in busy:
-                    process.terminate()
-                    process.join()
             print(f"loaded run {run + 1}: {seconds:.1f} s, {result['records'][0]['rounds']} rounds; chose {result['settings']['session_options'] or 'the default'}; "
                   f"{result['decision']['reason']}; others used {result['decision']['others_cpu']:.2f} cores", flush=True)
             chosen.append(result["settings"])
