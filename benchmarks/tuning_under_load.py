@@ -91,8 +91,9 @@ def main() -> int:
                 started = time.perf_counter()
                 result = tune(model, recipe, root / f"tuned-{run}", args.budget_s)
                 seconds = time.perf_counter() - started
-            print(f"loaded run {run + 1}: {seconds:.1f} s, {result['records'][0]['rounds']} rounds; chose {result['settings']['session_options'] or 'the default'}; "
-                  f"{result['decision']['reason']}; others used {result['decision']['others_cpu']:.2f} cores", flush=True)
+            print(f"loaded run {run + 1}: {seconds:.1f} s, {result['records'][0]['rounds']} rounds; "
+                  f"chose {result['settings']['session_options'] or 'the default'}; {result['decision']['reason']}; "
+                  f"others used {result['decision']['others_cpu']:.2f} cores", flush=True)
             chosen.append(result["settings"])
         from olive_systems.passes.session_tuning import OrtSessionParamsTuning
         from olive_systems.passes.session_tuning_options import candidate_settings
