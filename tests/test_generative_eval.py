@@ -157,6 +157,36 @@ def test_perplexity_onnx_genai_and_torch_agree(tiny_llama):
         evaluate(onnx_ref, [metric], loaded(corpus_config(data, max_seq_len=200), onnx_ref), "CPUExecutionProvider", None)
 
 
+def test_a_split_decoder_runs_its_parts_as_one_chain(tiny_llama, tmp_path):
+    """A SplitModel of a KV-cache decoder: generative metrics run its parts through the onnxruntime
+    loop and give the whole export's perplexity and tokens; onnxruntime-genai, which loads one file,
+    refuses it by name instead of failing on a missing model.onnx."""
+    from olive_systems.errors import OliveSystemsError
+    from olive_systems.evaluation.evaluator import evaluate
+    from olive_systems.llm.runners import open_decoder
+    from olive_systems.passes.base import Accelerator, PassContext
+    from olive_systems.passes.split import SplitModel
+
+    _, onnx_ref, data = tiny_llama
+    split = SplitModel().run(onnx_ref, SplitModel.resolve_config({"num_splits": 2}), tmp_path / "split",
+                             PassContext(Accelerator("cpu", "CPUExecutionProvider"), None, lambda message: None))
+    assert not (Path(split.path) / "model.onnx").exists()
+    prompt = np.arange(2000, 2012)
+    decoder = open_decoder(split)
+    assert decoder.kind == "ort" and decoder.kv  # the KV cache flows through the chain
+    assert decoder.generate(prompt, 8).tokens == open_decoder(onnx_ref, kind="ort").generate(prompt, 8).tokens
+    assert open_decoder(split.path).kind == "ort"  # a folder given by path (a sample, a benchmark)
+    metrics = [{"name": "ppl", "type": "perplexity", "data_config": "corpus", "sub_types": [{"name": "perplexity"}]},
+               {"name": "gen", "type": "generation", "data_config": "corpus", "sub_types": [{"name": "tokens_per_second"}],
+                "metric_config": {"prompt_tokens": 16, "new_tokens": 8, "repeat_test_num": 2}}]
+    whole, parts = [evaluate(model, metrics, loaded(corpus_config(data), model), "CPUExecutionProvider", None)[0]
+                    for model in (onnx_ref, split)]
+    assert parts["ppl-perplexity"]["value"] == pytest.approx(whole["ppl-perplexity"]["value"], rel=1e-4)
+    assert parts["gen-tokens_per_second"]["value"] > 0
+    with pytest.raises(OliveSystemsError, match="split model"):
+        open_decoder(split, kind="genai")
+
+
 def test_text_generation_windows_and_prompts(tiny_llama):
     from transformers import AutoTokenizer
 

@@ -11,9 +11,9 @@ Which runtime runs a model (`decoder_kind`):
 * ``genai``: a folder with genai_config.json and a KV cache: the model builder's output
   (GroupQueryAttention, a past/present buffer shared at max length) and OnnxConversion's decoder
   exports with what later passes make of them. Through og.Model / og.Generator, as users run them.
-* ``ort``: any other ONNX decoder (kind='ort' forces it on the folders above): a plain onnxruntime
-  loop that feeds the presents back as the pasts; a decoder exported without a KV cache (task
-  text-generation) is run over the whole sequence at every step.
+* ``ort``: any other ONNX decoder (kind='ort' forces it on the folders above), and a SplitModel's
+  parts as one chain: a plain onnxruntime loop that feeds the presents back as the pasts; a decoder
+  exported without a KV cache (task text-generation) is run over the whole sequence at every step.
 
 Every runtime decodes greedily at batch 1 and, unless asked to stop at EOS, never stops early: the
 EOS ids are masked out of the argmax, exactly as onnxruntime-genai's min_length does, so every
@@ -118,6 +118,10 @@ def decoder_kind(model: ModelRef) -> str:
         return "torch"
     if model.type != "OnnxModel":
         raise OliveSystemsError(f"cannot run a model of type {model.type} as a decoder", "use an HfModel or OnnxModel")
+    from ..passes.split import is_split
+
+    if is_split(model):  # its parts run as one chain in onnxruntime; onnxruntime-genai loads one model file
+        return "ort"
     if is_builder_folder(model):
         return "genai"
     # A decoder export with its KV cache and genai_config.json runs as its users run it (the packaged
@@ -131,11 +135,14 @@ def is_decoder(model: ModelRef) -> bool:
 
 
 def as_model_ref(model: ModelRef | str | Path, task: str = "text-generation-with-past") -> ModelRef:
-    """A ModelRef for a folder given by path (a sample, a benchmark): ONNX if it holds model.onnx."""
+    """A ModelRef for a folder given by path (a sample, a benchmark): ONNX if it holds model.onnx or
+    a split model's parts."""
     if isinstance(model, ModelRef):
         return model
+    from ..passes.split import SPLIT_MANIFEST
+
     folder = Path(model)
-    kind = "OnnxModel" if (folder / "model.onnx").is_file() else "HfModel"
+    kind = "OnnxModel" if (folder / "model.onnx").is_file() or (folder / SPLIT_MANIFEST).is_file() else "HfModel"
     return ModelRef(type=kind, path=str(folder), hash="0" * 64, task=task)
 
 
@@ -264,9 +271,9 @@ class OrtDecoder(_Decoder):
 
     def __init__(self, model: ModelRef, execution_provider: str, intra_op_threads: int | None = None):
         super().__init__(model)
-        from ..ort import create_session
+        from ..passes.split import open_session  # a split model's parts run as one chain
 
-        self.session = create_session(model.onnx_path, model.inference_settings, execution_provider, intra_op_threads)
+        self.session = open_session(model, execution_provider, intra_op_threads)
         inputs = {arg.name: arg for arg in self.session.get_inputs()}
         outputs = [arg.name for arg in self.session.get_outputs()]
         if "input_ids" not in inputs:
@@ -344,6 +351,11 @@ class GenaiDecoder(_Decoder):
 
     def __init__(self, model: ModelRef, execution_provider: str, intra_op_threads: int | None = None):
         super().__init__(model)
+        from ..passes.split import is_split
+
+        if is_split(model):
+            raise OliveSystemsError(f"{model.path} is a split model: onnxruntime-genai loads one model file, not a "
+                                    "chain of parts", "run it with the plain onnxruntime loop (kind 'ort')")
         try:
             import onnxruntime_genai as og
         except ImportError:
