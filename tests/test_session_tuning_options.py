@@ -102,6 +102,38 @@ def test_io_bind_runs_give_the_outputs_of_a_plain_run(model_dir):
     np.testing.assert_array_equal(run_once.outputs()[0], session.run(None, feed)[0])
 
 
+def test_a_model_tuned_to_io_bind_is_timed_with_iobinding(model_dir):
+    """The evaluator times a model the way its inference settings serve it: a latency figure of a
+    model whose tuning chose io_bind comes from IOBinding runs, not plain session.run."""
+    from olive_systems.evaluation.evaluator import ModelRunner
+    from olive_systems.evaluation.timing import timing_values
+    from olive_systems.models import ModelRef
+
+    class Counting:  # the session, counting the calls each way
+        def __init__(self, session):
+            self.session, self.calls = session, {"run": 0, "run_with_iobinding": 0}
+
+        def __getattr__(self, name):
+            if name in ("run", "run_with_iobinding"):
+                self.calls[name] += 1
+            return getattr(self.session, name)
+
+    metric = {"name": "latency", "type": "latency", "sub_types": [{"name": "avg"}],
+              "metric_config": {"warmup_num": 1, "repeat_test_num": 10, "budget_s": 1}}
+    feed = {"x": np.ones((2, 8), dtype=np.float32)}
+    counted = {}
+    for io_bind in (False, True):
+        settings = {"execution_provider": [["CPUExecutionProvider", {}]], "session_options": {}, "io_bind": io_bind}
+        runner = ModelRunner(ModelRef(type="OnnxModel", path=str(model_dir), hash="0" * 64, inference_settings=settings),
+                             "CPUExecutionProvider")
+        runner.session = Counting(runner.session)
+        values, _ = timing_values(metric, {"model": runner}, feed, {}, lambda message: None)["model"]
+        assert values["avg"] > 0
+        counted[io_bind] = runner.session.calls
+    assert counted[False]["run"] > 0 and counted[False]["run_with_iobinding"] == 0
+    assert counted[True]["run_with_iobinding"] > 0 and counted[True]["run"] == 0
+
+
 def test_levels_threads_and_cpu_cores(model_dir, tmp_path):
     output = tune(model_dir, tmp_path, opt_level_list=[0, 99], cpu_cores=3, inter_thread_num_list=[1, 2])
     _, _, timings = tuned(output)

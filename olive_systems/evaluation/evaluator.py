@@ -56,6 +56,15 @@ class ModelRunner:
             outputs = self.torch_model(**{k: torch.from_numpy(v) for k, v in feed.items()})
         return outputs[0].numpy()
 
+    def timed(self, feed: dict):
+        """A no-argument call that runs the model once on feed as its inference settings serve it:
+        with IOBinding when tuning chose io_bind, so a timing measures what was tuned."""
+        if self.model.type == "OnnxModel" and (self.model.inference_settings or {}).get("io_bind"):
+            from ..passes.session_tuning_options import make_runner
+
+            return make_runner(self.session, feed, self.model.inference_settings, self.model.onnx_path)
+        return lambda: self(feed)
+
     def dummy_feed(self) -> dict:
         """Batch 1, sequence 128 of the model's own input names: for timing without a data config."""
         if self.model.type == "OnnxModel":

@@ -41,8 +41,7 @@ def timing_values(metric: dict, runners: dict, base: dict | None, timings: dict,
         label = shape_name(shape)
         key = (metric.get("data_config"), label)
         if key not in timings:
-            calls = {name: (lambda runner=runner, feed=_feed_for(runner, shape, base): runner(feed))
-                     for name, runner in runners.items()}
+            calls = {name: _timed_call(runner, _feed_for(runner, shape, base)) for name, runner in runners.items()}
             shown = f"{metric['name']} {label}"
             timings[key] = compare(calls, reference, budget, warmup_num=config.get("warmup_num", 10),
                                    max_calls=config.get("repeat_test_num"), pause_s=config.get("sleep_num", 0),
@@ -138,6 +137,13 @@ def _feed_for(runner, shape: dict | None, base: dict | None) -> dict:
         feed = base if base is not None else runner.dummy_feed()
         return {k: v for k, v in feed.items() if k in runner.input_names}
     return shape_feed(base, runner.input_names, shape, lambda batch, sequence: _dummy(runner, batch, sequence))
+
+
+def _timed_call(runner, feed: dict):
+    """The runner's own timed call where it has one (ModelRunner: IOBinding when tuned so), else a
+    plain call (a composite model's component runners)."""
+    timed = getattr(runner, "timed", None)
+    return timed(feed) if timed else (lambda: runner(feed))
 
 
 def _first_line(exc: Exception) -> str:
