@@ -37,6 +37,7 @@ from .measure import progress_text
 from .job import CONTRACT_VERSION, RESULT_SCHEMA, RUN_STOPPING, JobError, check, save_batches, write_json
 from .job_output import LOG_FILE
 from .models import ModelRef, folder_sha256
+from .ort import served_provider
 from .output import WorkflowOutput
 from .output_dir import check_output_dir, write_output_dir
 from .passes import get_pass_class
@@ -262,7 +263,8 @@ class Engine:
         missed = missed_goals(metrics, goals_of(self.metrics), baseline[0])
         return {"model_id": model_id, "model": model, "history": history, "metrics": metrics, "baseline": baseline[0],
                 "missed_goals": missed, "meets_goals": not missed, "device": accelerator.device,
-                "execution_provider": accelerator.execution_provider, "system": target.system, "runtime": runtime,
+                "execution_provider": served_provider(model.inference_settings, accelerator.execution_provider),
+                "system": target.system, "runtime": runtime,
                 "search_point": _point_text(trial.values)}
 
     def _failure(self, model_id: str, step: str, exc: OliveSystemsError, accelerator: Accelerator, point: dict) -> dict:

@@ -31,6 +31,13 @@ def default_inference_settings(execution_provider: str) -> dict:
     return {"execution_provider": [[execution_provider, {}]], "session_options": {}}
 
 
+def served_provider(settings: dict | None, target: str) -> str:
+    """The EP a model is served on: the one its inference settings name (session tuning with
+    force_evaluate_other_eps may have chosen another than the target's), else the target's."""
+    entries = (settings or {}).get("execution_provider") or []
+    return entries[0][0] if entries and isinstance(entries[0], (list, tuple)) else target
+
+
 def session_options(settings: dict):
     import onnxruntime as ort
 

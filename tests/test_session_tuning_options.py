@@ -134,6 +134,19 @@ def test_a_model_tuned_to_io_bind_is_timed_with_iobinding(model_dir):
     assert counted[True]["run_with_iobinding"] > 0 and counted[True]["run"] == 0
 
 
+def test_a_model_tuned_onto_another_ep_is_evaluated_on_it(model_dir):
+    """force_evaluate_other_eps can leave a CPU-target candidate's inference settings on another EP:
+    its evaluation runs there, as it will be served, not silently on the target's EP."""
+    from olive_systems.evaluation.evaluator import ModelRunner
+    from olive_systems.models import ModelRef
+
+    settings = {"execution_provider": [["AzureExecutionProvider", {}]], "session_options": {}, "io_bind": False}
+    tuned_elsewhere = ModelRef(type="OnnxModel", path=str(model_dir), hash="0" * 64, inference_settings=settings)
+    assert ModelRunner(tuned_elsewhere, "CPUExecutionProvider").session.get_providers()[0] == "AzureExecutionProvider"
+    untuned = ModelRef(type="OnnxModel", path=str(model_dir), hash="0" * 64)
+    assert ModelRunner(untuned, "CPUExecutionProvider").session.get_providers()[0] == "CPUExecutionProvider"
+
+
 def test_levels_threads_and_cpu_cores(model_dir, tmp_path):
     output = tune(model_dir, tmp_path, opt_level_list=[0, 99], cpu_cores=3, inter_thread_num_list=[1, 2])
     _, _, timings = tuned(output)

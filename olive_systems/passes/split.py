@@ -321,9 +321,11 @@ class ChainSession:
 
 
 def open_session(model: ModelRef, execution_provider: str, intra_op_threads: int | None = None):
-    """The session evaluation runs a model in: model.onnx's, or a split model's chain of parts."""
-    from ..ort import create_session
+    """The session evaluation runs a model in: model.onnx's, or a split model's chain of parts, on the
+    EP its inference settings serve it on."""
+    from ..ort import create_session, served_provider
 
+    execution_provider = served_provider(model.inference_settings, execution_provider)
     if not is_split(model):
         return create_session(model.onnx_path, model.inference_settings, execution_provider, intra_op_threads)
     folder = Path(model.path)
