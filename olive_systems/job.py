@@ -186,8 +186,9 @@ INTERRUPT_EXIT_CODES = (-2, -15, 130, 143)  # SIGINT, SIGTERM: as a signal, or a
 
 
 def read_result(job_path: Path, log_tail: list[str], seconds: float, exit_code: int | None, timeout_s: float,
-                memory_limit: str | None = None) -> dict:
-    """The runner's result.json, or a result that says why there is none."""
+                memory_limit: str | None = None, oom_killed: bool | None = None) -> dict:
+    """The runner's result.json, or a result that says why there is none. oom_killed: the system saw
+    its OOM killer act (True), or cannot tell (None)."""
     result_path = job_path.parent / "result.json"
     if result_path.is_file():
         return json.loads(result_path.read_text())
@@ -198,8 +199,14 @@ def read_result(job_path: Path, log_tail: list[str], seconds: float, exit_code: 
     if exit_code == 124:
         return failed_result(job_id, f"job past its timeout of {timeout_s:g} s was killed", "raise timeout_s of the system",
                              log_tail, seconds)
+    limit = f" (memory limit {memory_limit})" if memory_limit else ""
+    if exit_code in (137, -9) and oom_killed:
+        return failed_result(job_id, f"job was killed out of memory by the OOM killer{limit}",
+                             "raise memory_limit of the system", log_tail, seconds)
+    if exit_code in (137, -9) and seconds >= timeout_s:  # `timeout -k` kills a job that ignored its stop signal
+        return failed_result(job_id, f"job past its timeout of {timeout_s:g} s was killed", "raise timeout_s of the system",
+                             log_tail, seconds)
     if exit_code in (137, -9):
-        limit = f" (memory limit {memory_limit})" if memory_limit else ""
         return failed_result(job_id, f"job was killed, most likely out of memory{limit}", "raise memory_limit of the system",
                              log_tail, seconds)
     return failed_result(job_id, f"runner exited with code {exit_code} without a result",

@@ -201,7 +201,7 @@ def test_venv_job_crash_and_timeout_are_reported(tiny_onnx, tmp_path, func, expe
 
 @pytest.mark.parametrize("func, expected", [("crash", "runner exited with code 3 without a result"),
                                             ("hang", "past its timeout of 5 s"),
-                                            ("hog", "killed, most likely out of memory")])
+                                            ("hog", "killed out of memory by the OOM killer (memory limit 1g)")])
 def test_docker_job_crash_timeout_and_oom_are_reported(tiny_onnx, tmp_path, func, expected):
     need_docker()
     system = {"type": "DockerSystem", "image": "cpu", "timeout_s": 5, "memory_limit": "1g"}

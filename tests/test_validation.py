@@ -318,7 +318,13 @@ def test_unfused_distilbert_hint_does_not_blame_num_heads():
 def test_a_job_ended_by_a_stop_is_interrupted_not_out_of_memory(tmp_path):
     (tmp_path / "job.json").write_text("{}")
     assert "interrupted" in read_result(tmp_path / "job.json", [], 1.0, -15, 60)["error"]["message"]
-    assert "out of memory" in read_result(tmp_path / "job.json", [], 1.0, 137, 60)["error"]["message"]
+    assert "most likely out of memory" in read_result(tmp_path / "job.json", [], 1.0, 137, 60)["error"]["message"]
+    # the system saw its OOM killer act: certain, not a guess
+    assert "out of memory by the OOM killer" in read_result(tmp_path / "job.json", [], 1.0, 137, 60,
+                                                             oom_killed=True)["error"]["message"]
+    # killed at its timeout (it ignored the stop signal, so `timeout -k` killed it): not memory
+    late = read_result(tmp_path / "job.json", [], 61.0, 137, 60)["error"]["message"]
+    assert "past its timeout of 60 s" in late and "memory" not in late
     RUN_STOPPING.set()
     try:  # the run is stopping: a container removed under its job reads as killed (137), yet was interrupted
         assert "interrupted" in read_result(tmp_path / "job.json", [], 1.0, 137, 60)["error"]["message"]

@@ -53,6 +53,26 @@ def docker_client():
         raise OliveSystemsError(f"Docker daemon is not reachable ({reason})", DAEMON_FIX) from None
 
 
+KILLED_EXIT_CODES = (137, -9)
+# The memory cgroup's OOM-kill counter, as a container sees it: cgroup v2, then v1.
+OOM_COUNTERS = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
+
+
+def oom_kills(container) -> int | None:
+    """How many processes the container's memory cgroup has OOM-killed (None: no counter readable)."""
+    for path in OOM_COUNTERS:
+        try:
+            code, out = container.exec_run(["cat", path])
+        except Exception:  # noqa: BLE001 - the container went away: nothing to read
+            return None
+        if code == 0:
+            for line in out.decode(errors="replace").splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill" and value.strip().isdigit():
+                    return int(value)
+    return None
+
+
 class DockerSystem:
     can_run_torch = False
 
@@ -64,6 +84,7 @@ class DockerSystem:
         self.container = None
         self._tether = None
         self._relaunch = threading.Lock()
+        self._oom_seen: dict[str, int] = {}  # container id -> its memory cgroup's OOM kills already accounted for
         self.run_id = None
         self.mounts: dict[str, str] = {}  # host folder -> container folder
 
@@ -200,13 +221,25 @@ class DockerSystem:
             running = container.status == "running"
         except docker.errors.NotFound:  # exited and auto-removed
             running = False
+        oom_killed = self._oom_killed(container, running) if exit_code in KILLED_EXIT_CODES else None
         if not running:  # an OOM kill can take the container: the next job gets a new one
             with self._relaunch:
                 if self.container is container:  # not stopped, nor relaunched by another job meanwhile
                     self._discard(container)
                     self._launch()
         return read_result(job_path, tail[-40:], time.perf_counter() - started, exit_code, timeout_s,
-                           self.settings["memory_limit"])
+                           self.settings["memory_limit"], oom_killed)
+
+    def _oom_killed(self, container, running: bool) -> bool | None:
+        """True when the container's memory cgroup OOM-killed a process since the last look (the kill
+        is then certain, not a guess from the exit code); None when that cannot be told."""
+        if not running:  # the container itself died: docker kept the verdict, if it kept the container
+            return True if (container.attrs.get("State") or {}).get("OOMKilled") else None
+        kills = oom_kills(container)
+        if kills is None:
+            return None
+        seen, self._oom_seen[container.id] = self._oom_seen.get(container.id, 0), kills
+        return True if kills > seen else None
 
     def _discard(self, container) -> None:
         try:
