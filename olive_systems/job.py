@@ -182,6 +182,7 @@ def failed_result(job_id: str, message: str, fix: str | None, log_tail: list[str
 # Set when the run is being stopped (Ctrl-C, SIGTERM): a job that ends without a result then was
 # interrupted, whatever its exit code says (a stopped container's job reads as killed, 137).
 RUN_STOPPING = threading.Event()
+KILLED_EXIT_CODES = (137, -9)  # SIGKILL: the OOM killer, or `timeout -k` past the grace period
 INTERRUPT_EXIT_CODES = (-2, -15, 130, 143)  # SIGINT, SIGTERM: as a signal, or as a shell reports it
 
 
@@ -200,13 +201,13 @@ def read_result(job_path: Path, log_tail: list[str], seconds: float, exit_code: 
         return failed_result(job_id, f"job past its timeout of {timeout_s:g} s was killed", "raise timeout_s of the system",
                              log_tail, seconds)
     limit = f" (memory limit {memory_limit})" if memory_limit else ""
-    if exit_code in (137, -9) and oom_killed:
+    if exit_code in KILLED_EXIT_CODES and oom_killed:
         return failed_result(job_id, f"job was killed out of memory by the OOM killer{limit}",
                              "raise memory_limit of the system", log_tail, seconds)
-    if exit_code in (137, -9) and seconds >= timeout_s:  # `timeout -k` kills a job that ignored its stop signal
+    if exit_code in KILLED_EXIT_CODES and seconds >= timeout_s:  # `timeout -k` kills a job that ignored its stop signal
         return failed_result(job_id, f"job past its timeout of {timeout_s:g} s was killed", "raise timeout_s of the system",
                              log_tail, seconds)
-    if exit_code in (137, -9):
+    if exit_code in KILLED_EXIT_CODES:
         return failed_result(job_id, f"job was killed, most likely out of memory{limit}", "raise memory_limit of the system",
                              log_tail, seconds)
     return failed_result(job_id, f"runner exited with code {exit_code} without a result",

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from ..errors import OliveSystemsError
-from ..job import read_result
+from ..job import KILLED_EXIT_CODES, read_result
 from .docker_owner import new_run_id, owner_labels, prune_containers
 from .docker_user import allow_traverse, chown_tree, grant_read, host_ids, job_ids, strings_under, unreadable_to_others
 from .venv import SOURCE_ROOT
@@ -53,7 +53,6 @@ def docker_client():
         raise OliveSystemsError(f"Docker daemon is not reachable ({reason})", DAEMON_FIX) from None
 
 
-KILLED_EXIT_CODES = (137, -9)
 # The memory cgroup's OOM-kill counter, as a container sees it: cgroup v2, then v1.
 OOM_COUNTERS = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
 
