@@ -1,7 +1,8 @@
 """Issue 14's figures for the workload: recipes/bert_ptq_workload.yaml (the structure space, ranked
 by the 1x128 / 8x128 / 1x384 workload) from an empty cache, then an exhaustive sweep of every
-variant it made, each shape timed with all variants interleaved against the FP32 export in this
-one process (ratios within the same run, with 95% intervals).
+variant it made, each shape timed with all variants interleaved against the FP32 export, each
+variant in a worker process of its own as the engine times them (ratios within the same run, with
+95% intervals).
 
 Per shape it prints the FP32 export's p50 (and throughput), the candidate olive-systems ranks first
 at that shape (latency-p50.by_shape[shape].rank == 1), its ratio to the FP32 export and fidelity,
@@ -53,23 +54,32 @@ def feeds_for(folder: Path, shapes: list[dict]) -> dict:
 
 
 def sweep(models: list, shapes: list[dict], budget_s: float) -> dict:
-    """shape -> Measurement of every model interleaved with the FP32 export ("conversion")."""
+    """shape -> Measurement of every model interleaved with the FP32 export ("conversion"), each model
+    in a process of its own as it is served (the engine's way, evaluation/timing_worker.py)."""
+    from olive_systems.evaluation.timing_worker import WorkerRunner
     from olive_systems.measure import compare
-    from olive_systems.ort import create_session
+    from olive_systems.models import ModelRef
     from olive_systems.workload import shape_name
 
-    sessions = {m.model_id: create_session(Path(m.model_path), m.get_inference_config(), "CPUExecutionProvider")
-                for m in models}
-    feeds = feeds_for(Path(next(m for m in models if m.model_id == "conversion").model_path).parent, shapes)
-    found = {}
-    for shape in shapes:
-        label = shape_name(shape)
-        names = {i.name for i in sessions["conversion"].get_inputs()}
-        feed = {k: v for k, v in feeds[label].items() if k in names}
-        arms = {model_id: (lambda s=session: s.run(None, feed)) for model_id, session in sessions.items()}
-        print(f"sweep {label}: {len(arms)} variants interleaved, up to {budget_s:g} s", flush=True)
-        found[label] = compare(arms, "conversion", budget_s, warmup_num=5, precision=0.01)
-    return found
+    workers = {m.model_id: WorkerRunner(ModelRef(type="OnnxModel", path=str(Path(m.model_path).parent), hash="0" * 64,
+                                                 inference_settings=m.get_inference_config()), "CPUExecutionProvider")
+               for m in models}
+    try:
+        for worker in workers.values():
+            worker.ready()
+        feeds = feeds_for(Path(next(m for m in models if m.model_id == "conversion").model_path).parent, shapes)
+        found = {}
+        for shape in shapes:
+            label = shape_name(shape)
+            names = set(workers["conversion"].input_names)
+            feed = {k: v for k, v in feeds[label].items() if k in names}
+            arms = {model_id: worker.timed(feed) for model_id, worker in workers.items()}
+            print(f"sweep {label}: {len(arms)} variants interleaved, up to {budget_s:g} s", flush=True)
+            found[label] = compare(arms, "conversion", budget_s, warmup_num=5, precision=0.01, self_timed=True)
+        return found
+    finally:
+        for worker in workers.values():
+            worker.close()
 
 
 def main() -> int:

@@ -65,6 +65,13 @@ class ModelRunner:
             return make_runner(self.session, feed, self.model.inference_settings, self.model.onnx_path)
         return lambda: self(feed)
 
+    def dummy_at(self, batch: int, sequence: int) -> dict:
+        """Zeros (ones for a mask) of batch x sequence under the model's input names."""
+        if self.model.type == "OnnxModel":
+            return dummy_feed(self.session, batch, sequence)
+        return {name: (np.ones if "mask" in name else np.zeros)((batch, sequence), dtype=np.asarray(value).dtype)
+                for name, value in self.dummy_feed().items()}
+
     def dummy_feed(self) -> dict:
         """Batch 1, sequence 128 of the model's own input names: for timing without a data config."""
         if self.model.type == "OnnxModel":

@@ -1,9 +1,11 @@
-"""Latency and throughput: of one model, or of several side by side in one process.
+"""Latency and throughput: of one model, or of several side by side.
 
 Each workload shape is timed with olive_systems.measure (budgeted, with intervals). Several models
 are timed interleaved (`time_together`): every round runs a block of each model at one shape, so
 load that comes and goes falls on all of them alike and their figures compare, which figures from
-separate jobs on a drifting machine do not. The first model is the reference each ratio is taken to.
+separate jobs on a drifting machine do not. Each of them runs in a worker process of its own, as it
+is served (timing_worker: sessions sharing a process disturbed each other's order). The first model
+is the reference each ratio is taken to.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import numpy as np
 
 from ..measure import DEFAULT_PRECISION, compare, progress_line, weighted
-from ..ort import dummy_feed
 from ..workload import shape_feed, shape_name
 from .metrics import METRIC_TYPES, metric_records
 
@@ -44,6 +45,7 @@ def timing_values(metric: dict, runners: dict, base: dict | None, timings: dict,
             calls = {name: _timed_call(runner, _feed_for(runner, shape, base)) for name, runner in runners.items()}
             shown = f"{metric['name']} {label}"
             timings[key] = compare(calls, reference, budget, warmup_num=config.get("warmup_num", 10),
+                                   self_timed=all(getattr(runner, "self_timed", False) for runner in runners.values()),
                                    max_calls=config.get("repeat_test_num"), pause_s=config.get("sleep_num", 0),
                                    precision=config.get("precision", DEFAULT_PRECISION),
                                    until="ranked" if reference else "decided",
@@ -95,12 +97,23 @@ def time_together(models: list, metrics: list[dict], first_feeds: dict, executio
     """models: [(name, ModelRef)], the reference first; first_feeds: data config name -> its first feed.
     Returns name -> its timing metrics (as evaluate() gives them), or name -> {"error": message} for a
     model that could not be opened or run at one of the shapes: it is left out, the others are timed."""
-    from .evaluator import ModelRunner
+    from .timing_worker import WorkerRunner
 
+    workers = {}
+    try:
+        for name, model in models:  # they start side by side
+            workers[name] = WorkerRunner(model, execution_provider)
+        return _time_workers(workers, metrics, first_feeds, log)
+    finally:
+        for worker in workers.values():
+            worker.close()
+
+
+def _time_workers(workers: dict, metrics: list[dict], first_feeds: dict, log) -> dict:
     runners, errors = {}, {}
-    for name, model in models:
+    for name, worker in workers.items():
         try:
-            runners[name] = ModelRunner(model, execution_provider)
+            runners[name] = worker.ready()
         except Exception as exc:  # noqa: BLE001 - reported against this model; the others go on
             errors[name] = f"opening it failed: {_first_line(exc)}"
     tried = set()  # (data config, shape): latency and throughput of a shape share their calls
@@ -136,7 +149,7 @@ def _feed_for(runner, shape: dict | None, base: dict | None) -> dict:
     if shape is None or shape.get("as_given"):
         feed = base if base is not None else runner.dummy_feed()
         return {k: v for k, v in feed.items() if k in runner.input_names}
-    return shape_feed(base, runner.input_names, shape, lambda batch, sequence: _dummy(runner, batch, sequence))
+    return shape_feed(base, runner.input_names, shape, runner.dummy_at)
 
 
 def _timed_call(runner, feed: dict):
@@ -147,7 +160,8 @@ def _timed_call(runner, feed: dict):
 
 
 def _first_line(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    kind = getattr(exc, "kind", type(exc).__name__)  # a worker's exception by its own type's name
+    return f"{kind}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
 def _timing_stat(kind: str, sub: str, batch: int):
@@ -178,10 +192,3 @@ def _combine(kind: str, figures: list[tuple[dict, float]]) -> float:
     return samples / seconds
 
 
-def _dummy(runner, batch: int, sequence: int) -> dict:
-    """Zeros (ones for a mask) of batch x sequence under the model's input names."""
-    if runner.model.type == "OnnxModel":
-        return dummy_feed(runner.session, batch, sequence)
-    feed = runner.dummy_feed()
-    return {name: (np.ones if "mask" in name else np.zeros)((batch, sequence), dtype=np.asarray(value).dtype)
-            for name, value in feed.items()}
