@@ -188,8 +188,7 @@ class Engine:
     def _search(self, pool: ThreadPoolExecutor, input_model: ModelRef, baselines: list[tuple]):
         """Ask every search for trials while there is room, run them on the pool, tell the results back."""
         goals = goals_of(self.metrics)
-        timed_goals = any("goal" in sub for metric in self.metrics if metric["type"] in SIDE_BY_SIDE_METRICS
-                          for sub in metric["sub_types"])
+        timed_goals = any("goal" in sub for metric in self.side_by_side for sub in metric["sub_types"])
         searches = [(Search(flow, self.recipe["passes"], self.engine.get("search_strategy"),
                             lambda c: sort_key(c["metrics"], c["missed_goals"]), bool(goals), timed_goals),
                      target, flow_index)
@@ -264,8 +263,8 @@ class Engine:
         return {"model_id": model_id, "model": model, "history": history, "metrics": metrics, "baseline": baseline[0],
                 "missed_goals": missed, "meets_goals": not missed, "device": accelerator.device,
                 "execution_provider": served_provider(model.inference_settings, accelerator.execution_provider),
-                "system": target.system, "runtime": runtime,
-                "search_point": _point_text(trial.values)}
+                "system": target.system, "runtime": runtime, "search_point": _point_text(trial.values),
+                "target": target.index}  # its EP may be another than the target's (served_provider)
 
     def _failure(self, model_id: str, step: str, exc: OliveSystemsError, accelerator: Accelerator, point: dict) -> dict:
         """A failure record, labelled by the step that failed (a pass, by name, or the evaluation), with
@@ -598,8 +597,7 @@ class Engine:
         goals, failures = goals_of(self.metrics), []
         for target in self.targets:
             accelerator = target.accelerator
-            mine = [c for c in candidates if (c["system"], c["device"], c["execution_provider"]) ==
-                    (target.system, accelerator.device, accelerator.execution_provider)]
+            mine = [c for c in candidates if c["target"] == target.index]
             groups: dict[str, list] = {}
             for candidate in mine:
                 groups.setdefault(self._evaluation_system(candidate["model"], target), []).append(

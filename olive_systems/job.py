@@ -2,9 +2,9 @@
 comes back as a JSON result, whichever system runs it (local, venv, docker).
 
 Kinds: `pass` (one pass on input_model), `evaluation` (metrics of input_model) and, since version 2,
-`timing` (latency / throughput of several `models` interleaved in one process, the first of them,
-also given as input_model, the reference; the result's metrics map each model's name to its
-metrics, or to {"error": ...}).
+`timing` (latency / throughput of several `models` interleaved in one job, each model in a worker
+process of its own; the first of them, also given as input_model, is the reference; the result's
+metrics map each model's name to its metrics, or to {"error": ...}).
 
 Both schemas are built here and published as schemas/job.schema.json and schemas/result.schema.json.
 Pre-processed data travels as .npz files beside the job, so a runner needs no tokenizer or datasets.

@@ -3,6 +3,7 @@ real onnxruntime sessions in real subprocesses, as the engine's timing job start
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ def model(tmp_path_factory) -> ModelRef:
 def test_a_worker_runs_and_times_the_model_in_its_own_process(model):
     worker = WorkerRunner(model, "CPUExecutionProvider").ready()
     try:
-        assert worker.input_names == ["x"] and worker._process.pid != subprocess.os.getpid()
+        assert worker.input_names == ["x"] and worker._process.pid != os.getpid()
         feed = worker.dummy_at(3, 8)
         assert feed["x"].shape == (3, 8)
         feed = {"x": np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)}

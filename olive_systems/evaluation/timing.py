@@ -23,11 +23,13 @@ SIDE_BY_SIDE_METRICS = ("latency", "throughput")
 TIMING_SUBTYPES = {kind: tuple(METRIC_TYPES[kind]) for kind in SIDE_BY_SIDE_METRICS}
 
 
-def timing_values(metric: dict, runners: dict, base: dict | None, timings: dict, log) -> dict[str, tuple[dict, dict]]:
+def timing_values(metric: dict, runners: dict, base: dict | None, timings: dict, log,
+                  self_timed: bool = False) -> dict[str, tuple[dict, dict]]:
     """Per runner name: (each sub-type's weighted figure over the metric's workload or its one feed,
     details per sub-type: the interval and, with a workload, every shape's figure and interval; with
     several runners, each shape's ratio to the first). base: the data config's first feed, or None.
-    timings: (data config, shape) -> Measurement, shared by the latency and throughput of a shape."""
+    timings: (data config, shape) -> Measurement, shared by the latency and throughput of a shape.
+    self_timed: the runners' timed calls return the seconds their worker measured (WorkerRunner)."""
     config = metric.get("metric_config", {})
     names = list(runners)
     shapes = metric.get("workload")
@@ -45,7 +47,7 @@ def timing_values(metric: dict, runners: dict, base: dict | None, timings: dict,
             calls = {name: _timed_call(runner, _feed_for(runner, shape, base)) for name, runner in runners.items()}
             shown = f"{metric['name']} {label}"
             timings[key] = compare(calls, reference, budget, warmup_num=config.get("warmup_num", 10),
-                                   self_timed=all(getattr(runner, "self_timed", False) for runner in runners.values()),
+                                   self_timed=self_timed,
                                    max_calls=config.get("repeat_test_num"), pause_s=config.get("sleep_num", 0),
                                    precision=config.get("precision", DEFAULT_PRECISION),
                                    until="ranked" if reference else "decided",
@@ -138,7 +140,7 @@ def _time_workers(workers: dict, metrics: list[dict], first_feeds: dict, log) ->
     found = {name: {} for name in runners}
     for metric in metrics:
         base = first_feeds.get(metric.get("data_config"))
-        for name, (values, details) in timing_values(metric, runners, base, timings, log).items():
+        for name, (values, details) in timing_values(metric, runners, base, timings, log, self_timed=True).items():
             found[name].update(metric_records(metric, values, details))
     return {**found, **results}
 

@@ -1,7 +1,8 @@
 """A model timed in a process of its own, as it is served: one model's sessions per process.
 
 Timing several models side by side (timing.time_together) interleaves their calls against drift.
-Done with all their sessions in one process, it let the models disturb each other: on a 2-core VM,
+Done with all their sessions in one process, it let the models disturb each other (measured once,
+with a script not kept in the repo): on a 2-core VM,
 bert_ptq's fused and unfused per-channel INT8 models at batch 8 x 128, interleaved with the FP32
 export, came out unfused-first by 11-13% in three of four fresh sets of sessions and fused-first by
 7% in the fourth; with each model in its own process and the same interleaving, fused-first by
@@ -32,8 +33,6 @@ class WorkerRunner:
     """ModelRunner's calls (run, dummy_feed, dummy_at, timed), served by a worker process that holds
     the model. timed(feed)() returns the seconds the worker measured for one call (compare's
     self_timed). The worker starts at once; ready() waits until it has opened the model."""
-
-    self_timed = True
 
     def __init__(self, model: ModelRef, execution_provider: str):
         # A fresh interpreter (no thread pools or locks inherited) that, unlike multiprocessing's spawn,
