@@ -1,7 +1,7 @@
 """Issue 14's figures for the workload: recipes/bert_ptq_workload.yaml (the structure space, ranked
 by the 1x128 / 8x128 / 1x384 workload) from an empty cache, then an exhaustive sweep of every
-variant it made, each shape timed with all variants interleaved against the FP32 export, each
-variant in a worker process of its own as the engine times them (ratios within the same run, with
+variant it made, all variants interleaved against the FP32 export at every shape in one loop of
+rounds, each variant in a worker process of its own, as the engine times them (ratios within the same run, with
 95% intervals).
 
 Per shape it prints the FP32 export's p50 (and throughput), the candidate olive-systems ranks first
@@ -57,7 +57,7 @@ def sweep(models: list, shapes: list[dict], budget_s: float) -> dict:
     """shape -> Measurement of every model interleaved with the FP32 export ("conversion"), each model
     in a process of its own as it is served (the engine's way, evaluation/timing_worker.py)."""
     from olive_systems.evaluation.timing_worker import WorkerRunner
-    from olive_systems.measure import compare
+    from olive_systems.measure import compare_groups
     from olive_systems.models import ModelRef
     from olive_systems.workload import shape_name
 
@@ -68,15 +68,14 @@ def sweep(models: list, shapes: list[dict], budget_s: float) -> dict:
         for worker in workers.values():
             worker.ready()
         feeds = feeds_for(Path(next(m for m in models if m.model_id == "conversion").model_path).parent, shapes)
-        found = {}
+        names = set(workers["conversion"].input_names)
+        groups = {}
         for shape in shapes:
-            label = shape_name(shape)
-            names = set(workers["conversion"].input_names)
-            feed = {k: v for k, v in feeds[label].items() if k in names}
-            arms = {model_id: worker.timed(feed) for model_id, worker in workers.items()}
-            print(f"sweep {label}: {len(arms)} variants interleaved, up to {budget_s:g} s", flush=True)
-            found[label] = compare(arms, "conversion", budget_s, warmup_num=5, precision=0.01, self_timed=True)
-        return found
+            feed = {k: v for k, v in feeds[shape_name(shape)].items() if k in names}
+            groups[shape_name(shape)] = {model_id: worker.timed(feed) for model_id, worker in workers.items()}
+        print(f"sweep: {len(workers)} variants interleaved at {len(shapes)} shapes, up to {budget_s * len(shapes):g} s",
+              flush=True)
+        return compare_groups(groups, "conversion", budget_s * len(shapes), warmup_num=5, precision=0.01, self_timed=True)
     finally:
         for worker in workers.values():
             worker.close()
@@ -84,7 +83,7 @@ def sweep(models: list, shapes: list[dict], budget_s: float) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--sweep-budget-s", type=float, default=60.0, help="seconds of interleaved timing per shape")
+    parser.add_argument("--sweep-budget-s", type=float, default=60.0, help="seconds of interleaved timing per shape (all shapes in one loop)")
     parser.add_argument("--keep", type=Path, help="keep the output and cache here (a rerun is warm)")
     parser.add_argument("--busy", type=int, default=0, help="busy background processes during the whole run")
     args = parser.parse_args()

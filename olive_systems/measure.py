@@ -4,7 +4,10 @@ A busy neighbour makes every call slower while it runs; timing one model, then a
 two different machines. So the comparisons that decide something (a candidate against its
 reference, a session setting against the default) run *interleaved* in one process: each round
 runs a short block of calls of every arm, in a shuffled order, so load that comes and goes falls
-on all arms alike. Rounds go on until the answer is resolved or the time budget is spent:
+on all arms alike. With several groups of arms (the same models at each workload shape,
+compare_groups), every round cycles through the groups, so a state of the machine that lasts a while
+falls on part of every group's rounds, not on all of one group's. Rounds go on until the answer is
+resolved or the time budget is spent:
 
 - an arm's ratio to the reference is resolved when its confidence interval clears 1 (one is
   faster) or lies within `precision` of the estimate (they are the same to that precision);
@@ -168,11 +171,8 @@ class _CpuWatch:
         return max(0.0, (busy - own) / wall)
 
 
-def compare(arms: dict[str, Callable[[], object]], reference: str | None, budget_s: float, *,
-            warmup_num: int = 5, max_calls: int | None = None, precision: float = DEFAULT_PRECISION,
-            confidence: float = DEFAULT_CONFIDENCE, min_rounds: int = MIN_ROUNDS,
-            on_progress: Callable[[str], None] | None = None, seed: int = 0, pause_s: float = 0.0,
-            until: str = "decided", self_timed: bool = False) -> Measurement:
+def compare(arms: dict[str, Callable[[], object]], reference: str | None, budget_s: float,
+            **options) -> Measurement:
     """Time the arms interleaved until every ratio to `reference` is resolved (or, with one arm and
     no reference, until its median is known to `precision`), the budget is spent, or an arm has made
     max_calls timed calls. until "decided": each arm against the reference, resolved once the ratio
@@ -183,20 +183,36 @@ def compare(arms: dict[str, Callable[[], object]], reference: str | None, budget
     it). pause_s: a sleep after each timed call, not timed.
     self_timed: each run returns the seconds it counts for (a pass over a workload returns its
     weighted time), and that, not its wall time, is the figure."""
-    if reference is not None and reference not in arms:
-        raise ValueError(f"reference '{reference}' is not one of the arms {sorted(arms)}")
+    return compare_groups({"": arms}, reference, budget_s, **options)[""]
+
+
+def compare_groups(groups: dict[str, dict[str, Callable[[], object]]], reference: str | None, budget_s: float, *,
+                   warmup_num: int = 5, max_calls: int | None = None, precision: float = DEFAULT_PRECISION,
+                   confidence: float = DEFAULT_CONFIDENCE, min_rounds: int = MIN_ROUNDS,
+                   on_progress: Callable[[str], None] | None = None, seed: int = 0, pause_s: float = 0.0,
+                   until: str = "decided", self_timed: bool = False) -> dict[str, Measurement]:
+    """compare() for several groups of arms at once (the same models at each workload shape): every
+    round cycles through all the groups still unresolved, so a change of machine state that lasts a
+    while falls on some rounds of every group instead of on all of one group's. Each group stops
+    being timed once resolved; the budget is shared. Returns group -> its Measurement."""
     if until not in UNTIL:
         raise ValueError(f"until must be one of {', '.join(map(repr, UNTIL))}, not {until!r}")
+    for arms in groups.values():
+        if reference is not None and reference not in arms:
+            raise ValueError(f"reference '{reference}' is not one of the arms {sorted(arms)}")
     started = time.perf_counter()
     watch = _CpuWatch()
     order = random.Random(seed)
-    timed = {name: Arm(name, run) for name, run in arms.items()}
+    timed = {group: {name: Arm(name, run) for name, run in arms.items()} for group, arms in groups.items()}
+    every_arm = [arm for arms in timed.values() for arm in arms.values()]
+    # Arms compared with each other; one model alone at several shapes is not (nor warmed between them).
+    interleaved = any(len(arms) > 1 for arms in timed.values())
     warm_until = started + budget_s / 5
-    shown = ", ".join(timed) if len(timed) <= 3 else f"{len(timed)} models"
+    shown = _shown(groups)
     if on_progress:
         on_progress(f"timing {shown}: warming up ({budget_s:g} s budget)")
-    warm: dict[str, float] = {}  # an arm's last warm-up call, if it was not its first (a cold call)
-    for arm in timed.values():  # warm-up; its last call's wall time sizes the arm's block
+    warm: dict[int, float] = {}  # an arm's last warm-up call, if it was not its first (a cold call)
+    for arm in every_arm:  # warm-up; its last call's wall time sizes the arm's block
         for call in range(max(warmup_num, 1)):
             if call and time.perf_counter() > warm_until:
                 break
@@ -204,47 +220,67 @@ def compare(arms: dict[str, Callable[[], object]], reference: str | None, budget
             counted = _call(arm.run, self_timed=self_timed)
             wall = time.perf_counter() - began
             if call:
-                warm[arm.name] = counted
-        block_s = INTERLEAVED_BLOCK_S if len(timed) > 1 else BLOCK_S
+                warm[id(arm)] = counted
+        block_s = INTERLEAVED_BLOCK_S if interleaved else BLOCK_S
         arm.block = max(1, min(MAX_BLOCK, int(block_s / max(wall, 1e-6))))
         if max_calls:
             arm.block = min(arm.block, max(1, max_calls // min_rounds))
-    stopped, last_report, round_s = "budget", started, 0.0
+    stopped = {group: "budget" for group in timed}
+    ended: dict[str, float] = {}
+    last_report, round_s = started, 0.0
     if time.perf_counter() - started >= budget_s:
         # Calls slower than the budget: one warm call each is all there is time for (the last
         # warm-up call where there was one, else one more call: never a cold first call).
-        for arm in timed.values():
+        for arm in every_arm:
             arm.block = 1
-            arm.rounds.append([warm[arm.name] if arm.name in warm else _call(arm.run, pause_s, self_timed)])
-    while time.perf_counter() - started < budget_s:
+            arm.rounds.append([warm[id(arm)] if id(arm) in warm else _call(arm.run, pause_s, self_timed)])
+    open_groups = list(timed)
+    while open_groups and time.perf_counter() - started < budget_s:
         began = time.perf_counter()
-        names = list(timed)
-        order.shuffle(names)
-        for name in names:
-            arm = timed[name]
-            if len(timed) > 1:
-                # The first call after another arm ran meets caches it filled and its thread pool still
-                # spinning: measured, it made a BERT export 18% slower than alone. It is not timed.
-                arm.run()
-            arm.rounds.append([_call(arm.run, pause_s, self_timed) for _ in range(arm.block)])
+        for group in order.sample(open_groups, len(open_groups)) if len(open_groups) > 1 else open_groups:
+            names = list(timed[group])
+            order.shuffle(names)
+            for name in names:
+                arm = timed[group][name]
+                if interleaved:
+                    # The first call after another arm ran meets caches it filled and its thread pool still
+                    # spinning: measured, it made a BERT export 18% slower than alone. It is not timed.
+                    arm.run()
+                arm.rounds.append([_call(arm.run, pause_s, self_timed) for _ in range(arm.block)])
         now = time.perf_counter()
         round_s = max(round_s * 0.7, now - began)  # a pessimistic estimate of the next round
-        rounds = len(next(iter(timed.values())).rounds)
         if on_progress and now - last_report >= 1.0:
             last_report = now
+            rounds = min(len(next(iter(timed[group].values())).rounds) for group in open_groups)
             on_progress(f"timing {shown}: round {rounds}, {now - started:.1f} s of {budget_s:g} s")
-        if max_calls and any(len(arm.samples) + arm.block > max_calls for arm in timed.values()):
-            stopped = "max_calls"
-            break
-        if rounds >= min_rounds and _resolved(timed, reference, precision, confidence, until):
-            stopped = "resolved"
-            break
+        for group in list(open_groups):
+            arms = timed[group]
+            rounds = len(next(iter(arms.values())).rounds)
+            if max_calls and any(len(arm.samples) + arm.block > max_calls for arm in arms.values()):
+                stopped[group] = "max_calls"
+            elif rounds >= min_rounds and _resolved(arms, reference, precision, confidence, until):
+                stopped[group] = "resolved"
+            else:
+                continue
+            open_groups.remove(group)
+            ended[group] = now - started
         if now - started + round_s > budget_s:
             break
-    measurement = Measurement(timed, reference, time.perf_counter() - started, stopped, watch.others(), confidence)
+    seconds = time.perf_counter() - started
+    others = watch.others()
+    found = {group: Measurement(arms, reference, ended.get(group, seconds), stopped[group], others, confidence)
+             for group, arms in timed.items()}
     if on_progress:
-        on_progress(f"timing {shown}: {measurement.rounds} rounds in {measurement.seconds:.1f} s ({stopped})")
-    return measurement
+        rounds = "/".join(str(m.rounds) for m in found.values())
+        how = "/".join(dict.fromkeys(m.stopped for m in found.values()))
+        on_progress(f"timing {shown}: {rounds} rounds in {seconds:.1f} s ({how})")
+    return found
+
+
+def _shown(groups: dict[str, dict]) -> str:
+    names = list(dict.fromkeys(name for arms in groups.values() for name in arms))
+    shown = ", ".join(names) if len(names) <= 3 else f"{len(names)} models"
+    return shown if len(groups) == 1 else f"{shown} at {len(groups)} shapes"
 
 
 def measure(run: Callable[[], object], budget_s: float, **options) -> Measurement:

@@ -171,6 +171,41 @@ def test_ranking_arms_goes_on_until_neighbours_are_told_apart(monkeypatch):
         measure.compare(arms(), "ref", 1.0, until="sorted")
 
 
+def test_groups_share_the_rounds_so_a_passing_state_falls_on_every_shape(monkeypatch):
+    """Two shapes of the same two models: the machine runs 30% faster for a stretch that is shorter
+    than the whole timing. Timed one shape after the other, one shape would get nearly all of its rounds in
+    it; cycled, every shape gets rounds both in and out of it. A shape whose order is plain stops
+    being timed at the minimum rounds; the close one goes on with the budget."""
+    clock = FakeClock(monkeypatch)
+    fast_window = (1.0, 2.5)
+
+    def arm(cost_s, noise=0.02):
+        def run():
+            factor = 0.7 if fast_window[0] <= clock.now < fast_window[1] else 1.0
+            clock.now += cost_s * factor * float(clock.rng.lognormal(0, noise))
+        return run
+    when: dict[str, list[float]] = {"clear": [], "close": []}
+
+    def stamped(group, run):
+        def call():
+            when[group].append(clock.now)
+            run()
+        return call
+    groups = {"clear": {"ref": stamped("clear", arm(0.004)), "a": stamped("clear", arm(0.002))},
+              "close": {"ref": stamped("close", arm(0.004, 0.1)), "a": stamped("close", arm(0.004, 0.1))}}
+    progress = []
+    found = measure.compare_groups(groups, "ref", 5.0, precision=0.001, on_progress=progress.append)
+    assert found["clear"].stopped == "resolved" and found["close"].stopped == "budget"
+    assert found["clear"].rounds == measure.MIN_ROUNDS < found["close"].rounds
+    assert found["clear"].seconds < found["close"].seconds <= 5.0
+    assert found["clear"].ratio("a")[2] < 1
+    inside = [t for t in when["close"] if fast_window[0] <= t < fast_window[1]]
+    assert 0.2 < len(inside) / len(when["close"]) < 0.8
+    assert "at 2 shapes" in progress[-1] and "5/" in progress[-1]
+    with pytest.raises(ValueError, match="reference 'ref'"):
+        measure.compare_groups({"x": {"a": arm(0.001)}}, "ref", 1.0)
+
+
 def test_calls_slower_than_the_budget_cost_one_warm_call_each(monkeypatch):
     clock = FakeClock(monkeypatch)
     # the first call of each (the warm-up) spends the budget: one more call each, never a cold first call as the figure
@@ -331,8 +366,10 @@ def test_timing_metrics_carry_every_shape_the_weighted_figure_and_intervals(work
 def test_timing_shows_progress(workload_runs):
     _, _, _, events = workload_runs
     shown = [(e["name"], e["message"]) for e in events if e["kind"] == "progress"]
-    assert any(name == "input model" and text.startswith("latency 4x16: timing") for name, text in shown)
-    assert any(name == "timing 2 models" and text.startswith("latency 4x16: timing") for name, text in shown)
+    # every shape in one loop of rounds, for the input model alone as for the candidates side by side
+    assert any(name == "input model" and text.startswith("latency: timing model at 3 shapes") for name, text in shown)
+    assert any(name == "timing 2 models" and text.startswith("latency: timing conversion, conversion-tuning at 3 shapes")
+               for name, text in shown)
     assert any(name == "tuning" and text.startswith("workload: timing") for name, text in shown)
     assert not any("progress: " in e["message"] for e in events if e["kind"] == "log")
 

@@ -1,9 +1,9 @@
 """Latency and throughput: of one model, or of several side by side.
 
-Each workload shape is timed with olive_systems.measure (budgeted, with intervals). Several models
-are timed interleaved (`time_together`): every round runs a block of each model at one shape, so
-load that comes and goes falls on all of them alike and their figures compare, which figures from
-separate jobs on a drifting machine do not. Each of them runs in a worker process of its own, as it
+Each workload shape is timed with olive_systems.measure (budgeted, with intervals), all the shapes
+in one loop of rounds. Several models are timed interleaved (`time_together`): every round runs a
+block of each model at each shape, so load that comes and goes falls on all of them alike and their
+figures compare, which figures from separate jobs on a drifting machine do not. Each of them runs in a worker process of its own, as it
 is served (timing_worker: sessions sharing a process disturbed each other's order). The first model
 is the reference each ratio is taken to.
 """
@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..measure import DEFAULT_PRECISION, compare, progress_line, weighted
+from ..measure import DEFAULT_PRECISION, compare_groups, progress_line, weighted
 from ..workload import shape_feed, shape_name
 from .metrics import METRIC_TYPES, metric_records
 
-DEFAULT_BUDGET_S = 10.0  # seconds per model, spread over the workload's shapes
+DEFAULT_BUDGET_S = 10.0  # seconds per model for all the workload's shapes
 # What time_together can time; a generation metric times a whole decode loop, model by model.
 SIDE_BY_SIDE_METRICS = ("latency", "throughput")
 # sub-type -> the statistic of a [resamples, calls] array of seconds (vectorized for the bootstrap)
@@ -37,22 +37,20 @@ def timing_values(metric: dict, runners: dict, base: dict | None, timings: dict,
         feed = base if base is not None else runners[names[0]].dummy_feed()
         value = np.asarray(next(iter(feed.values())))
         shapes = [{"batch_size": int(value.shape[0]), "sequence_length": int(value.shape[-1]), "weight": 1, "as_given": True}]
-    budget = float(config.get("budget_s", DEFAULT_BUDGET_S)) * len(names) / len(shapes)
     reference = names[0] if len(names) > 1 else None
-    per_shape = []
-    for shape in shapes:
-        label = shape_name(shape)
-        key = (metric.get("data_config"), label)
-        if key not in timings:
-            calls = {name: _timed_call(runner, _feed_for(runner, shape, base)) for name, runner in runners.items()}
-            shown = f"{metric['name']} {label}"
-            timings[key] = compare(calls, reference, budget, warmup_num=config.get("warmup_num", 10),
-                                   self_timed=self_timed,
-                                   max_calls=config.get("repeat_test_num"), pause_s=config.get("sleep_num", 0),
-                                   precision=config.get("precision", DEFAULT_PRECISION),
-                                   until="ranked" if reference else "decided",
-                                   on_progress=lambda message, shown=shown: log(progress_line(f"{shown}: {message}")))
-        per_shape.append((shape, label, timings[key]))
+    key = {shape_name(shape): (metric.get("data_config"), shape_name(shape)) for shape in shapes}
+    todo = {shape_name(shape): {name: _timed_call(runner, _feed_for(runner, shape, base)) for name, runner in runners.items()}
+            for shape in shapes if key[shape_name(shape)] not in timings}
+    if todo:  # all its shapes in one loop of rounds: a passing state of the machine falls on each of them
+        budget = float(config.get("budget_s", DEFAULT_BUDGET_S)) * len(names) * len(todo) / len(shapes)
+        shown = metric["name"]
+        found = compare_groups(todo, reference, budget, warmup_num=config.get("warmup_num", 10), self_timed=self_timed,
+                               max_calls=config.get("repeat_test_num"), pause_s=config.get("sleep_num", 0),
+                               precision=config.get("precision", DEFAULT_PRECISION),
+                               until="ranked" if reference else "decided",
+                               on_progress=lambda message: log(progress_line(f"{shown}: {message}")))
+        timings.update({key[label]: measured for label, measured in found.items()})
+    per_shape = [(shape, shape_name(shape), timings[key[shape_name(shape)]]) for shape in shapes]
     return {name: _figures(metric, name, reference, per_shape) for name in names}
 
 
