@@ -88,6 +88,8 @@ def main() -> int:
     parser.add_argument("--busy", type=int, default=0, help="busy background processes during the whole run")
     args = parser.parse_args()
     import olive_systems
+    import numpy as np
+
     from olive_systems.recipe import load_recipe
     from olive_systems.workload import shape_name
 
@@ -123,6 +125,11 @@ def main() -> int:
             print(f"\n== {label} (weight {shape['weight']}) ==")
             print(f"FP32 export p50 {fp32_ms:.2f} ms ({shape['batch_size'] * 1000 / fp32_ms:.1f} samples/s) in the sweep; "
                   f"{fp32['value']:.2f} ms [{fp32['interval'][0]:.2f}, {fp32['interval'][1]:.2f}] in the run")
+            # The same model's own times say whether the sweep and the run saw the same machine: a host whose
+            # speed shifts for minutes can change a close order between them.
+            per_round = np.median(m.arms["conversion"].matrix(), axis=1) * 1000
+            print(f"machine state: the FP32 export ran {fp32_ms / fp32['value']:.2f}x its run time in the sweep; "
+                  f"its {len(per_round)} sweep rounds' medians span {per_round.min():.2f}-{per_round.max():.2f} ms")
             for model_id, (ratio, low, high) in sorted(ratios.items(), key=lambda kv: kv[1][0]):
                 engine = by_id[model_id].metrics["latency-p50"]["by_shape"][label]
                 print(f"   {model_id:<48} x{ratio:.3f} [{low:.3f}, {high:.3f}]  fidelity "

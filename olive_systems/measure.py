@@ -39,6 +39,9 @@ DEFAULT_PRECISION = 0.02  # relative half-width at which a measurement counts as
 BLOCK_S, INTERLEAVED_BLOCK_S = 0.05, 0.2
 MAX_BLOCK = 20
 MIN_ROUNDS = 5  # five rounds all on one side of 1: a sign test's p = 1/32
+# Keeping the reference needs less evidence than replacing it (until="faster"): an arm that cannot be
+# `precision` faster is settled after this many rounds; one faster beyond the interval after MIN_ROUNDS.
+REFUSE_ROUNDS = 3
 UNTIL = ("decided", "faster", "ranked")
 CHECK_RESAMPLES = 300  # bootstrap resamples while deciding whether to go on
 FINAL_RESAMPLES = 1000
@@ -194,7 +197,9 @@ def compare_groups(groups: dict[str, dict[str, Callable[[], object]]], reference
     """compare() for several groups of arms at once (the same models at each workload shape): every
     round cycles through all the groups still unresolved, so a change of machine state that lasts a
     while falls on some rounds of every group instead of on all of one group's. Each group stops
-    being timed once resolved; the budget is shared. Returns group -> its Measurement."""
+    being timed once resolved; the budget is shared. Returns group -> its Measurement.
+    Each block of interleaved arms starts with an untimed call; a run with a `settle` attribute (a
+    cheaper callable that meets the same leftovers of the arm before) has that called instead."""
     if until not in UNTIL:
         raise ValueError(f"until must be one of {', '.join(map(repr, UNTIL))}, not {until!r}")
     for arms in groups.values():
@@ -245,7 +250,8 @@ def compare_groups(groups: dict[str, dict[str, Callable[[], object]]], reference
                 if interleaved:
                     # The first call after another arm ran meets caches it filled and its thread pool still
                     # spinning: measured, it made a BERT export 18% slower than alone. It is not timed.
-                    arm.run()
+                    # A run may name a cheaper call that does the same (a workload pass: its first request).
+                    getattr(arm.run, "settle", arm.run)()
                 arm.rounds.append([_call(arm.run, pause_s, self_timed) for _ in range(arm.block)])
         now = time.perf_counter()
         round_s = max(round_s * 0.7, now - began)  # a pessimistic estimate of the next round
@@ -258,7 +264,7 @@ def compare_groups(groups: dict[str, dict[str, Callable[[], object]]], reference
             rounds = len(next(iter(arms.values())).rounds)
             if max_calls and any(len(arm.samples) + arm.block > max_calls for arm in arms.values()):
                 stopped[group] = "max_calls"
-            elif rounds >= min_rounds and _resolved(arms, reference, precision, confidence, until):
+            elif _resolved(arms, reference, precision, confidence, until, min_rounds):
                 stopped[group] = "resolved"
             else:
                 continue
@@ -298,7 +304,10 @@ def _call(run: Callable[[], object], pause_s: float = 0.0, self_timed: bool = Fa
 
 
 def _resolved(arms: dict[str, Arm], reference: str | None, precision: float, confidence: float,
-              until: str = "decided") -> bool:
+              until: str = "decided", min_rounds: int = MIN_ROUNDS) -> bool:
+    rounds = min(len(arm.rounds) for arm in arms.values())
+    if rounds < (min(REFUSE_ROUNDS, min_rounds) if until == "faster" else min_rounds):
+        return False
     if len(arms) == 1 or (reference is None and until != "ranked"):
         return all(_median_known(arm, precision, confidence) for arm in arms.values())
     if until == "ranked":  # each arm against its neighbour in the order of their medians
@@ -308,7 +317,7 @@ def _resolved(arms: dict[str, Arm], reference: str | None, precision: float, con
         pairs = [(arm.matrix(), arms[reference].matrix()) for name, arm in arms.items() if name != reference]
     intervals = [ratio_interval(a, b, confidence, CHECK_RESAMPLES) for a, b in pairs]
     if until == "faster":  # an arm at most `precision` faster is not worth choosing: no need to pin it down
-        return all(high < 1 or low >= 1 - precision for _, low, high in intervals)
+        return all((high < 1 and rounds >= min_rounds) or low >= 1 - precision for _, low, high in intervals)
     return all(resolved_ratio(*interval, precision) for interval in intervals)
 
 

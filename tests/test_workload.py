@@ -206,6 +206,28 @@ def test_groups_share_the_rounds_so_a_passing_state_falls_on_every_shape(monkeyp
         measure.compare_groups({"x": {"a": arm(0.001)}}, "ref", 1.0)
 
 
+def test_a_block_starts_with_the_runs_cheaper_settle_call_when_it_has_one(monkeypatch):
+    """A workload pass settles with its first request, not a whole untimed pass."""
+    clock = FakeClock(monkeypatch)
+    counts = {"ref": 0, "other": 0, "settle": 0}
+
+    def arm(name, cost_s):
+        def run():
+            counts[name] += 1
+            clock.now += cost_s
+        return run
+
+    def settle():
+        counts["settle"] += 1
+        clock.now += 0.001
+    ref, other = arm("ref", 0.1), arm("other", 0.2)
+    other.settle = settle
+    found = measure.compare({"ref": ref, "other": other}, "ref", 5.0, warmup_num=2)
+    rounds = found.rounds
+    assert counts["settle"] == rounds and counts["other"] == 2 + rounds * found.arms["other"].block
+    assert counts["ref"] == 2 + rounds * (found.arms["ref"].block + 1)  # no settle: a whole untimed call
+
+
 def test_calls_slower_than_the_budget_cost_one_warm_call_each(monkeypatch):
     clock = FakeClock(monkeypatch)
     # the first call of each (the warm-up) spends the budget: one more call each, never a cold first call as the figure
@@ -311,6 +333,23 @@ def test_tuning_does_not_choose_on_too_few_rounds(monkeypatch):
     assert record["rounds"] < measure.MIN_ROUNDS and record["ratio"] < 0.7
     assert not record["chosen"] and "too few rounds" in record["verdict"]
     assert choice.settings["session_options"] == {} and "budget_s" in choice.reason
+
+
+def test_tuning_refuses_a_slower_setting_on_fewer_rounds_than_it_takes_to_choose_one(monkeypatch):
+    """Keeping the default is the safe side: a setting twice as slow is refused after REFUSE_ROUNDS
+    rounds, and that is not reported as too few rounds; one 40% faster is still timed MIN_ROUNDS."""
+    clock = FakeClock(monkeypatch)
+    choice = tuning_choice.choose(_arms(clock, {"default": (0.01, 0.05, None), "intra=1": (0.02, 0.05, 1)}),
+                                  SHAPES, {**CONFIG, "budget_s": 60.0, "precision": 0.05}, lambda message: None)
+    record = next(r for r in choice.records if r["setting"] == "intra=1")
+    assert record["rounds"] == measure.REFUSE_ROUNDS < measure.MIN_ROUNDS and record["stopped"] == "resolved"
+    assert record["verdict"] == "not faster than the default beyond the interval"
+    assert choice.reason == "kept the default: no setting was faster beyond the interval"
+    clock.now = 0.0
+    choice = tuning_choice.choose(_arms(clock, {"default": (0.01, 0.05, None), "intra=1": (0.006, 0.05, 1)}),
+                                  SHAPES, {**CONFIG, "budget_s": 60.0, "precision": 0.05}, lambda message: None)
+    record = next(r for r in choice.records if r["setting"] == "intra=1")
+    assert record["rounds"] == measure.MIN_ROUNDS and record["chosen"]
 
 
 def test_tuning_stops_timing_a_setting_once_it_cannot_win_by_more_than_the_precision(monkeypatch):

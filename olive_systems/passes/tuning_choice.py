@@ -3,8 +3,9 @@ interleaved with ONNX Runtime's default in one process. Each timed call is one p
 workload (one request of every shape), counted as its weighted time per request, so every round
 compares what the user's traffic costs under each setting. A setting replaces the default only
 when it is faster beyond the confidence interval, and only after MIN_ROUNDS rounds (fewer give no
-interval worth the name). A thread count is never chosen on a busy machine: other processes' load
-makes fewer threads look faster than they are on a quiet one.
+interval worth the name); refusing one that cannot be `precision` faster takes fewer rounds
+(REFUSE_ROUNDS), since keeping the default is the safe side. A thread count is never chosen on a
+busy machine: other processes' load makes fewer threads look faster than they are on a quiet one.
 """
 
 from __future__ import annotations
@@ -75,17 +76,21 @@ def choose(arms: dict[str, tuple[dict, Callable[[dict], Callable[[], object]]]],
                           self_timed=True, on_progress=lambda message: log(progress_line(f"workload: {message}")))
     busiest = measurement.others_cpu
     busy = busiest is not None and busiest > config["busy_cores"]
-    short = measurement.rounds < MIN_ROUNDS
     too_few = f"too few rounds to tell ({measurement.rounds} of the {MIN_ROUNDS} needed); a larger budget_s gives more"
-    records, best = [], None
+    records, best, short = [], None, False
     for name, (settings, _) in arms.items():
         record = _record(name, measurement, calls[name])
         if name != DEFAULT:
             threads = settings["session_options"].get("intra_op_num_threads")
-            if short:
-                record["verdict"] = f"not chosen: {too_few}"
-            elif record["ratio_interval"][1] >= 1:
+            low, high = record["ratio_interval"]
+            faster = high < 1 and measurement.rounds >= MIN_ROUNDS
+            if not faster and high >= 1:
                 record["verdict"] = "not faster than the default beyond the interval"
+            elif not faster and low >= 1 - config["precision"]:  # refused on fewer rounds (measure.REFUSE_ROUNDS)
+                record["verdict"] = f"not more than {config['precision']:.0%} faster than the default"
+            elif not faster:
+                short = True
+                record["verdict"] = f"not chosen: {too_few}"
             elif busy and threads not in (None, 0, default_threads()):
                 record["verdict"] = (f"faster, but measured while other processes kept {busiest:.2f} cores busy: "
                                      "a thread count is not chosen on a busy machine")
@@ -117,6 +122,7 @@ def _workload_pass(shapes: list[tuple[str, float, Callable[[], object]]],
             calls[label].append(took)
             seconds += weight * took
         return seconds / total
+    run.settle = shapes[0][2]  # what meets the other setting's leftovers is a pass's first request
     return run
 
 
