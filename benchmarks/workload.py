@@ -75,7 +75,9 @@ def sweep(models: list, shapes: list[dict], budget_s: float) -> dict:
             groups[shape_name(shape)] = {model_id: worker.timed(feed) for model_id, worker in workers.items()}
         print(f"sweep: {len(workers)} variants interleaved at {len(shapes)} shapes, up to {budget_s * len(shapes):g} s",
               flush=True)
-        return compare_groups(groups, "conversion", budget_s * len(shapes), warmup_num=5, precision=0.01, self_timed=True)
+        # ranked: every neighbour told apart (or equal to 1%), not just each variant against the FP32 export
+        return compare_groups(groups, "conversion", budget_s * len(shapes), warmup_num=5, precision=0.01, self_timed=True,
+                              until="ranked")
     finally:
         for worker in workers.values():
             worker.close()

@@ -242,3 +242,22 @@ def test_other_eps_of_providers_list_are_tuned_too_unless_disabled(model_dir, tm
     with pytest.raises(RecipeError, match="AzureExecutionProvider besides the target's CPUExecutionProvider") as error:
         tune(model_dir, tmp_path / "disabled", providers_list=two, disable_force_evaluate_other_eps=True)
     assert "disable_force_evaluate_other_eps" in error.value.fix
+
+
+def test_a_candidate_served_on_another_ep_is_timed_side_by_side_with_its_targets(model_dir, tmp_path):
+    """A candidate whose inference settings name another EP than the target's (as session tuning with
+    force_evaluate_other_eps may leave it) is still one of the target's candidates: timed side by side
+    with the others and reported on the EP it is served on, not left without a latency figure."""
+    elsewhere = {"execution_provider": [["AzureExecutionProvider", {}]], "session_options": {}, "io_bind": False}
+    recipe = {"input_model": {"type": "OnnxModel", "model_path": str(model_dir), "inference_settings": elsewhere},
+              "evaluators": {"common": {"metrics": [{"name": "latency", "type": "latency",
+                                                     "sub_types": [{"name": "avg", "priority": 1}],
+                                                     "metric_config": {"warmup_num": 1, "budget_s": 1}}]}},
+              "passes": {"quantize": {"type": "OnnxDynamicQuantization", "config": {}}},
+              "engine": {"evaluator": "common", "output_dir": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache")}}
+    output = olive_systems.run(recipe)
+    assert not output.failures, output.failures
+    (candidate,) = output.get_output_models()
+    assert candidate.get_inference_config()["execution_provider"][0][0] == "AzureExecutionProvider"
+    assert candidate.metrics["latency-avg"]["value"] > 0
+    assert candidate.from_execution_provider() == "AzureExecutionProvider"
