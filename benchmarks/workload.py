@@ -135,7 +135,8 @@ def main() -> int:
             for model_id, (ratio, low, high) in sorted(ratios.items(), key=lambda kv: kv[1][0]):
                 engine = by_id[model_id].metrics["latency-p50"]["by_shape"][label]
                 print(f"   {model_id:<48} x{ratio:.3f} [{low:.3f}, {high:.3f}]  fidelity "
-                      f"{by_id[model_id].metrics[FIDELITY]['value']:.5f}  run: {engine['value']:.2f} ms rank {engine.get('rank')}")
+                      f"{by_id[model_id].metrics[FIDELITY]['value']:.5f}  run: {engine['value']:.2f} ms rank {engine.get('rank')}"
+                      f" ({engine['rounds']} rounds, {engine['stopped']})")
             if first.model_id == "conversion":
                 line(f"{label}: first-ranked is the FP32 export", first.model_id, "an INT8 candidate", False)
                 continue

@@ -115,9 +115,23 @@ def test_ratio_interval_resolves_a_real_difference_and_not_an_equal_pair():
     same = drift * (2.0 + rng.normal(0, 0.1, (40, 5)))
     ratio, low, high = measure.ratio_interval(fast, slow)
     assert low <= ratio <= high < 1 and low > 0.4  # about 0.5, resolved faster
-    assert measure.resolved_ratio(ratio, low, high, precision=0.02)
+    assert measure.rounds_agree(fast, slow) and not measure.rounds_agree(slow, fast)
     ratio, low, high = measure.ratio_interval(same, slow)
     assert low < 1 < high  # no difference beyond the interval
+    assert not measure.rounds_agree(same, slow) and not measure.rounds_agree(slow, same)
+
+
+def test_one_round_against_it_asks_for_more_rounds_before_one_side_wins():
+    """Five rounds of five on one side decide; four of five do not (a change of the machine's speed
+    in the middle of a round can flip that round); nine of ten do."""
+    def rounds(wins, told):
+        slower = np.full((told, 3), 2.0)
+        faster = np.where(np.arange(told)[:, None] < wins, 1.0, 3.0) * np.ones((told, 3))
+        return faster, slower
+    assert measure.rounds_agree(*rounds(5, 5))
+    assert not measure.rounds_agree(*rounds(4, 5))
+    assert measure.rounds_agree(*rounds(9, 10))
+    assert not measure.rounds_agree(*rounds(8, 10))
 
 
 def test_the_bootstrap_resamples_whole_rounds():
