@@ -194,9 +194,7 @@ def compare_groups(groups: dict[str, dict[str, Callable[[], object]]], reference
     """compare() for several groups of arms at once (the same models at each workload shape): every
     round cycles through all the groups still unresolved, so a change of machine state that lasts a
     while falls on some rounds of every group instead of on all of one group's. Each group stops
-    being timed once resolved; the budget is shared. Returns group -> its Measurement.
-    Each block of interleaved arms starts with an untimed call; a run with a `settle` attribute (a
-    cheaper callable that meets the same leftovers of the arm before) has that called instead."""
+    being timed once resolved; the budget is shared. Returns group -> its Measurement."""
     if until not in UNTIL:
         raise ValueError(f"until must be one of {', '.join(map(repr, UNTIL))}, not {until!r}")
     for arms in groups.values():
@@ -247,8 +245,7 @@ def compare_groups(groups: dict[str, dict[str, Callable[[], object]]], reference
                 if interleaved:
                     # The first call after another arm ran meets caches it filled and its thread pool still
                     # spinning: measured, it made a BERT export 18% slower than alone. It is not timed.
-                    # A run may name a cheaper call that does the same (a workload pass: its first request).
-                    getattr(arm.run, "settle", arm.run)()
+                    arm.run()
                 arm.rounds.append([_call(arm.run, pause_s, self_timed) for _ in range(arm.block)])
         now = time.perf_counter()
         round_s = max(round_s * 0.7, now - began)  # a pessimistic estimate of the next round

@@ -220,28 +220,6 @@ def test_groups_share_the_rounds_so_a_passing_state_falls_on_every_shape(monkeyp
         measure.compare_groups({"x": {"a": arm(0.001)}}, "ref", 1.0)
 
 
-def test_a_block_starts_with_the_runs_cheaper_settle_call_when_it_has_one(monkeypatch):
-    """A workload pass settles with its first request, not a whole untimed pass."""
-    clock = FakeClock(monkeypatch)
-    counts = {"ref": 0, "other": 0, "settle": 0}
-
-    def arm(name, cost_s):
-        def run():
-            counts[name] += 1
-            clock.now += cost_s
-        return run
-
-    def settle():
-        counts["settle"] += 1
-        clock.now += 0.001
-    ref, other = arm("ref", 0.1), arm("other", 0.2)
-    other.settle = settle
-    found = measure.compare({"ref": ref, "other": other}, "ref", 5.0, warmup_num=2)
-    rounds = found.rounds
-    assert counts["settle"] == rounds and counts["other"] == 2 + rounds * found.arms["other"].block
-    assert counts["ref"] == 2 + rounds * (found.arms["ref"].block + 1)  # no settle: a whole untimed call
-
-
 def test_calls_slower_than_the_budget_cost_one_warm_call_each(monkeypatch):
     clock = FakeClock(monkeypatch)
     # the first call of each (the warm-up) spends the budget: one more call each, never a cold first call as the figure

@@ -125,7 +125,6 @@ def _workload_pass(shapes: list[tuple[str, float, Callable[[], object]]],
             calls[label].append(took)
             seconds += weight * took
         return seconds / total
-    run.settle = shapes[0][2]  # what meets the other setting's leftovers is a pass's first request
     return run
 
 
