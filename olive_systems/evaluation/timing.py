@@ -3,9 +3,9 @@
 Each workload shape is timed with olive_systems.measure (budgeted, with intervals), all the shapes
 in one loop of rounds. Several models are timed interleaved (`time_together`): every round runs a
 block of each model at each shape, so load that comes and goes falls on all of them alike and their
-figures compare, which figures from separate jobs on a drifting machine do not. Each of them runs in a worker process of its own, as it
-is served (timing_worker: sessions sharing a process disturbed each other's order). The first model
-is the reference each ratio is taken to.
+figures compare, which figures from separate jobs on a drifting machine do not. Each of them runs in
+a worker process of its own, as it is served (timing_worker: sessions sharing a process disturbed
+each other's order). The first model is the reference each ratio is taken to.
 """
 
 from __future__ import annotations

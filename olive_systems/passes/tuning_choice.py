@@ -3,9 +3,10 @@ interleaved with ONNX Runtime's default in one process. Each timed call is one p
 workload (one request of every shape), counted as its weighted time per request, so every round
 compares what the user's traffic costs under each setting. A setting replaces the default only
 when it is faster beyond the confidence interval and its rounds agree (a sign test), and only
-after MIN_ROUNDS rounds (fewer give no interval worth the name); refusing one that cannot be `precision` faster takes fewer rounds
-(REFUSE_ROUNDS), since keeping the default is the safe side. A thread count is never chosen on a
-busy machine: other processes' load makes fewer threads look faster than they are on a quiet one.
+after MIN_ROUNDS rounds (fewer give no interval worth the name); refusing one that cannot be
+`precision` faster takes fewer rounds (REFUSE_ROUNDS), since keeping the default is the safe side.
+A thread count is never chosen on a busy machine: other processes' load makes fewer threads look
+faster than they are on a quiet one.
 """
 
 from __future__ import annotations
@@ -83,16 +84,14 @@ def choose(arms: dict[str, tuple[dict, Callable[[dict], Callable[[], object]]]],
         if name != DEFAULT:
             threads = settings["session_options"].get("intra_op_num_threads")
             low, high = record["ratio_interval"]
-            agree = rounds_agree(measurement.arms[name].matrix(), measurement.arms[DEFAULT].matrix())
-            faster = high < 1 and measurement.rounds >= MIN_ROUNDS and agree
-            if not faster and high >= 1:
+            if high >= 1:
                 record["verdict"] = "not faster than the default beyond the interval"
-            elif not faster and low >= 1 - config["precision"]:  # refused on fewer rounds (measure.REFUSE_ROUNDS)
+            elif measurement.rounds < MIN_ROUNDS and low >= 1 - config["precision"]:  # refused (REFUSE_ROUNDS)
                 record["verdict"] = f"not more than {config['precision']:.0%} faster than the default"
-            elif not faster and measurement.rounds < MIN_ROUNDS:
+            elif measurement.rounds < MIN_ROUNDS:
                 short = True
                 record["verdict"] = f"not chosen: {too_few}"
-            elif not faster:
+            elif not rounds_agree(measurement.arms[name].matrix(), measurement.arms[DEFAULT].matrix()):
                 record["verdict"] = "not chosen: faster on the interval, but too few of its rounds agree (a sign test)"
             elif busy and threads not in (None, 0, default_threads()):
                 record["verdict"] = (f"faster, but measured while other processes kept {busiest:.2f} cores busy: "
