@@ -299,6 +299,9 @@ def _metric_head(key: str, entry: dict, ranks: bool) -> str:
     return f'<th title="{better} is better">{_e(key)} {"↑" if better == "higher" else "↓"}{priority}</th>'
 
 
+SPEED_SPREAD_SHOWN = 0.1  # per-round medians of one model further apart than this: shown beside the shape
+
+
 def _interval(entry: dict) -> str:
     low_high = entry.get("interval")
     if not (low_high and len(low_high) == 2 and all(isinstance(v, (int, float)) for v in low_high)):
@@ -314,9 +317,13 @@ def _metric_cell(entry: dict) -> str:
         ratio = ""
         if isinstance(figure.get("median_ratio"), (int, float)):  # timed side by side with the first candidate
             ratio = f", x{figure['median_ratio']:.3g}{_interval({'interval': figure.get('median_ratio_interval')})}"
+        spread = figure.get("speed_spread")
+        drift = (f", the machine's speed varied {spread:.0%} over the rounds"
+                 if isinstance(spread, (int, float)) and spread > SPEED_SPREAD_SHOWN else "")
         lines.append(f'<small class="shape" title="shape: figure [95% interval], rank at this shape, median ratio to '
-                     f'the first candidate timed in the same rounds">{_e(shape)}: {_e(_fmt(figure.get("value")))}'
-                     f'{_e(_interval(figure))}{_e(rank)}{_e(ratio)}</small>')
+                     f'the first candidate timed in the same rounds; a speed that varied can change a close order">'
+                     f'{_e(shape)}: {_e(_fmt(figure.get("value")))}{_e(_interval(figure))}{_e(rank)}{_e(ratio)}'
+                     f'{_e(drift)}</small>')
     return f'<td class="num">{"<br>".join(lines)}</td>'
 
 

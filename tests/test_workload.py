@@ -417,6 +417,8 @@ def test_the_candidates_are_timed_side_by_side_in_one_job_and_the_input_model_al
         assert shape["timed_with"] == 2 and low <= shape["median_ratio"] <= high
         # the same rounds of both: the ratio of their medians is the ratio of their figures
         assert shape["median_ratio"] == pytest.approx(shape["value"] / reference[name]["value"], rel=0.01)
+        # the machine's speed over the rounds is the first candidate's, the same for every one timed with it
+        assert shape["speed_spread"] == reference[name]["speed_spread"] >= 0
     assert "timed_with" not in first.input_model_metrics["latency-p50"]["by_shape"]["1x16"]
 
 

@@ -83,7 +83,8 @@ def _shape_record(shape: dict, name: str, reference: str | None, value: float, b
               "weight": shape["weight"], "batch_size": shape["batch_size"], "sequence_length": shape["sequence_length"],
               "rounds": measured.rounds, "calls": len(measured.arms[name].samples), "seconds": round(measured.seconds, 3),
               "stopped": measured.stopped,
-              "others_cpu": None if measured.others_cpu is None else round(measured.others_cpu, 3)}
+              "others_cpu": None if measured.others_cpu is None else round(measured.others_cpu, 3),
+              "speed_spread": _speed_spread(measured, reference or name)}
     if reference is not None and name != reference:  # medians of the same rounds: drift cancels out
         ratio, low, high = measured.ratio(name)
         record.update(timed_with=len(measured.arms), median_ratio=round(ratio, 4),
@@ -91,6 +92,14 @@ def _shape_record(shape: dict, name: str, reference: str | None, value: float, b
     elif reference is not None:
         record.update(timed_with=len(measured.arms))
     return record
+
+
+def _speed_spread(measured, name: str) -> float:
+    """How far one model's per-round medians ranged while a shape was timed (slowest / fastest - 1): the
+    machine's own speed changing under the timing. A close order can differ between two such speeds
+    (on a 2-core VM, calls took 22-29% less time for minutes at a time, and two INT8 models swapped places)."""
+    per_round = np.median(measured.arms[name].matrix(), axis=1)
+    return round(float(per_round.max() / per_round.min() - 1), 4) if per_round.min() > 0 else 0.0
 
 
 def time_together(models: list, metrics: list[dict], first_feeds: dict, execution_provider: str, log) -> dict:
