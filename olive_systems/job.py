@@ -197,14 +197,12 @@ def read_result(job_path: Path, log_tail: list[str], seconds: float, exit_code: 
     if RUN_STOPPING.is_set() or exit_code in INTERRUPT_EXIT_CODES:
         return failed_result(job_id, f"job interrupted (exit code {exit_code}): the run was stopped",
                              "run again: finished steps come from the cache", log_tail, seconds)
-    if exit_code == 124:
-        return failed_result(job_id, f"job past its timeout of {timeout_s:g} s was killed", "raise timeout_s of the system",
-                             log_tail, seconds)
     limit = f" (memory limit {memory_limit})" if memory_limit else ""
     if exit_code in KILLED_EXIT_CODES and oom_killed:
         return failed_result(job_id, f"job was killed out of memory by the OOM killer{limit}",
                              "raise memory_limit of the system", log_tail, seconds)
-    if exit_code in KILLED_EXIT_CODES and seconds >= timeout_s:  # `timeout -k` kills a job that ignored its stop signal
+    # 124: `timeout` stopped it; a kill at or past the timeout: `timeout -k` killed a job that ignored the stop
+    if exit_code == 124 or (exit_code in KILLED_EXIT_CODES and seconds >= timeout_s):
         return failed_result(job_id, f"job past its timeout of {timeout_s:g} s was killed", "raise timeout_s of the system",
                              log_tail, seconds)
     if exit_code in KILLED_EXIT_CODES:

@@ -35,7 +35,9 @@ def served_provider(settings: dict | None, target: str) -> str:
     """The EP a model is served on: the one its inference settings name (session tuning with
     force_evaluate_other_eps may have chosen another than the target's), else the target's."""
     entries = (settings or {}).get("execution_provider") or []
-    return entries[0][0] if entries and isinstance(entries[0], (list, tuple)) else target
+    if not entries:
+        return target
+    return entries[0][0] if isinstance(entries[0], (list, tuple)) else entries[0]  # [name, options] or a name
 
 
 def session_options(settings: dict):

@@ -145,6 +145,10 @@ def test_a_model_tuned_onto_another_ep_is_evaluated_on_it(model_dir):
     assert ModelRunner(tuned_elsewhere, "CPUExecutionProvider").session.get_providers()[0] == "AzureExecutionProvider"
     untuned = ModelRef(type="OnnxModel", path=str(model_dir), hash="0" * 64)
     assert ModelRunner(untuned, "CPUExecutionProvider").session.get_providers()[0] == "CPUExecutionProvider"
+    # an EP named without options is still the one it is served on, not the target's
+    by_name = ModelRef(type="OnnxModel", path=str(model_dir), hash="0" * 64,
+                       inference_settings={"execution_provider": ["AzureExecutionProvider"]})
+    assert ModelRunner(by_name, "CPUExecutionProvider").session.get_providers()[0] == "AzureExecutionProvider"
 
 
 def test_levels_threads_and_cpu_cores(model_dir, tmp_path):

@@ -98,8 +98,8 @@ def _speed_spread(measured, name: str) -> float:
     """How far one model's per-round medians ranged while a shape was timed: the machine's own speed
     changing under the timing. Their 80th percentile over their 20th, minus 1, so that one stray round
     (a round at 8x128 may be a single call) does not count. A close order can differ between two such
-    speeds (on a 2-core VM, calls took 22-29% less time for minutes at a time, and two INT8 models
-    swapped places)."""
+    speeds (a 2-core VM ran at two speeds for minutes at a time, and two INT8 models swapped places
+    between them)."""
     low, high = np.percentile(np.median(measured.arms[name].matrix(), axis=1), [20, 80])
     return round(float(high / low - 1), 4) if low > 0 else 0.0
 
