@@ -251,7 +251,13 @@ def run_pass(pass_obj, pass_type: str, model: ModelRef, config: dict, out_dir: P
 
 # ---- evaluation: size on disk, and latency per component ----
 
-class _OnnxComponentRunner:
+class _ComponentRunner:
+    def timed(self, feed: dict):
+        """A no-argument call of the component on feed (the runner contract timing uses)."""
+        return lambda: self(feed)
+
+
+class _OnnxComponentRunner(_ComponentRunner):
     def __init__(self, folder: Path, feed_file: Path, settings, execution_provider: str, intra_op_threads):
         from .ort import create_session
 
@@ -267,7 +273,7 @@ class _OnnxComponentRunner:
         return self.feed
 
 
-class _TorchComponentRunner:
+class _TorchComponentRunner(_ComponentRunner):
     def __init__(self, component: TorchComponent):
         self.component = component
         self.input_names = component.io_config["input_names"]

@@ -27,7 +27,9 @@ def timing_values(metric: dict, runners: dict, base: dict | None, timings: dict,
                   self_timed: bool = False) -> dict[str, tuple[dict, dict]]:
     """Per runner name: (each sub-type's weighted figure over the metric's workload or its one feed,
     details per sub-type: the interval and, with a workload, every shape's figure and interval; with
-    several runners, each shape's ratio to the first). base: the data config's first feed, or None.
+    several runners, each shape's ratio to the first). runners: name -> a runner whose timed(feed)
+    gives the call to time (ModelRunner, WorkerRunner, a composite model's component runner).
+    base: the data config's first feed, or None.
     timings: (data config, shape) -> Measurement, shared by the latency and throughput of a shape.
     self_timed: the runners' timed calls return the seconds their worker measured (WorkerRunner)."""
     config = metric.get("metric_config", {})
@@ -39,7 +41,7 @@ def timing_values(metric: dict, runners: dict, base: dict | None, timings: dict,
         shapes = [{"batch_size": int(value.shape[0]), "sequence_length": int(value.shape[-1]), "weight": 1, "as_given": True}]
     reference = names[0] if len(names) > 1 else None
     key = {shape_name(shape): (metric.get("data_config"), shape_name(shape)) for shape in shapes}
-    todo = {shape_name(shape): {name: _timed_call(runner, _feed_for(runner, shape, base)) for name, runner in runners.items()}
+    todo = {shape_name(shape): {name: runner.timed(_feed_for(runner, shape, base)) for name, runner in runners.items()}
             for shape in shapes if key[shape_name(shape)] not in timings}
     if todo:  # all its shapes in one loop of rounds: a passing state of the machine falls on each of them
         budget = float(config.get("budget_s", DEFAULT_BUDGET_S)) * len(names) * len(todo) / len(shapes)
@@ -161,13 +163,6 @@ def _feed_for(runner, shape: dict | None, base: dict | None) -> dict:
         feed = base if base is not None else runner.dummy_feed()
         return {k: v for k, v in feed.items() if k in runner.input_names}
     return shape_feed(base, runner.input_names, shape, runner.dummy_at)
-
-
-def _timed_call(runner, feed: dict):
-    """The runner's own timed call where it has one (ModelRunner: IOBinding when tuned so), else a
-    plain call (a composite model's component runners)."""
-    timed = getattr(runner, "timed", None)
-    return timed(feed) if timed else (lambda: runner(feed))
 
 
 def _first_line(exc: Exception) -> str:
